@@ -1,0 +1,112 @@
+"""FrozenInTime: the dual encoder (video tower + text tower + projections into a joint space)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional, Union
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .space_time import PRESETS, SpaceTimeTransformer, TimeInit
+from .text import build_text_model, transformer_layers
+
+
+@dataclass
+class VideoConfig:
+    """Video tower. `arch` picks a published geometry; any geometry field given overrides it."""
+
+    arch: Optional[str] = "base_patch16_224"
+    img_size: Optional[int] = None
+    patch_size: Optional[int] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    num_frames: int = 4
+    time_init: TimeInit = "zeros"
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False
+    pretrained: bool = False  # ImageNet ViT weights through timm (needs the hub or its cache)
+    pretrained_path: Optional[str] = None  # a local ViT state dict (timm key names)
+
+    def geometry(self) -> dict[str, int]:
+        if self.arch is not None and self.arch not in PRESETS:
+            raise ValueError(f"video.arch {self.arch!r} is unknown: use one of {sorted(PRESETS)} or null")
+        preset = asdict(PRESETS[self.arch]) if self.arch else {}
+        out = {}
+        for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            if value is None and name not in preset:
+                raise ValueError(f"video.{name} is required when video.arch is null")
+            out[name] = value if value is not None else preset[name]
+        return out
+
+
+@dataclass
+class TextConfig:
+    """Text tower: any Hugging Face encoder by hub id or local directory."""
+
+    name_or_path: str = "distilbert-base-uncased"
+    pretrained: bool = True
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_config(value: Union[dict, Any, None], cls: type) -> Any:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**value)
+    raise TypeError(f"expected a dict or {cls.__name__}, got {type(value).__name__}")
+
+
+class FrozenInTime(nn.Module):
+    """Joint video/image and text encoder; similarity is cosine in a `projection_dim` space."""
+
+    def __init__(self, video: Union[VideoConfig, dict, None] = None, text: Union[TextConfig, dict, None] = None,
+                 projection_dim: int = 256):
+        super().__init__()
+        self.video_config: VideoConfig = _as_config(video, VideoConfig)
+        self.text_config: TextConfig = _as_config(text, TextConfig)
+        vc, tc = self.video_config, self.text_config
+        self.video_model = SpaceTimeTransformer(
+            **vc.geometry(), num_frames=vc.num_frames, time_init=vc.time_init, drop_rate=vc.drop_rate,
+            attn_drop_rate=vc.attn_drop_rate, drop_path_rate=vc.drop_path_rate,
+            grad_checkpointing=vc.grad_checkpointing,
+        )
+        self.text_model = build_text_model(tc.name_or_path, tc.pretrained, tc.config_overrides)
+        text_dim = self.text_model.config.hidden_size if hasattr(self.text_model.config, "hidden_size") else self.text_model.config.dim
+        self.txt_proj = nn.Sequential(nn.ReLU(), nn.Linear(text_dim, projection_dim))
+        self.vid_proj = nn.Sequential(nn.Linear(self.video_model.embed_dim, projection_dim))
+        if vc.pretrained or vc.pretrained_path:
+            from .checkpoint import load_vit_weights
+
+            load_vit_weights(self.video_model, vc)
+
+    @property
+    def text_layers(self) -> nn.ModuleList:
+        return transformer_layers(self.text_model)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Tokens -> [B, P]: the first token of the encoder's last hidden state, projected."""
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.txt_proj(hidden[:, 0])
+
+    def encode_video(self, video: Tensor) -> Tensor:
+        """Normalised float clips [B, F, 3, H, W] (images are F=1) -> [B, P]."""
+        return self.vid_proj(self.video_model(video))
+
+    def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (text embeddings, video embeddings), unnormalised like the original."""
+        return self.encode_text(input_ids, attention_mask), self.encode_video(video)
+
+    @staticmethod
+    def similarity(text_emb: Tensor, video_emb: Tensor) -> Tensor:
+        """Cosine similarity matrix [texts, videos]."""
+        return F.normalize(text_emb, dim=-1) @ F.normalize(video_emb, dim=-1).t()

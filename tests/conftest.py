@@ -1,0 +1,34 @@
+"""Shared test setup: offline, deterministic, small."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY_VIDEO = dict(arch=None, img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_frames=4)
+
+
+@pytest.fixture(scope="session")
+def text_dir() -> str:
+    from lightning_frozen.models import bundled_text_model_path
+
+    return str(bundled_text_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_text(text_dir) -> dict:
+    """The bundled MiniLM architecture cut to 2 layers, random weights."""
+    return dict(name_or_path=text_dir, pretrained=False, config_overrides={"num_hidden_layers": 2})
+
+
+@pytest.fixture
+def tiny_model(tiny_text):
+    from lightning_frozen.models import FrozenInTime
+
+    torch.manual_seed(0)
+    return FrozenInTime(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16)

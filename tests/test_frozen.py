@@ -1,0 +1,57 @@
+"""The dual encoder's configuration, outputs and offline behaviour."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_frozen.models import FrozenInTime, VideoConfig, build_tokenizer
+
+from conftest import TINY_VIDEO
+
+
+def test_encoders_output_projection_dim(tiny_model, text_dir):
+    tok = build_tokenizer(text_dir)
+    batch = tok(["a red circle moving left", "blue square"], padding=True, return_tensors="pt")
+    video = torch.randn(2, 2, 3, 32, 32)
+    text_emb, video_emb = tiny_model(video, batch["input_ids"], batch["attention_mask"])
+    assert text_emb.shape == (2, 16) and video_emb.shape == (2, 16)
+    sims = tiny_model.similarity(text_emb, video_emb)
+    torch.testing.assert_close(sims, F.cosine_similarity(text_emb[:, None], video_emb[None], dim=-1))
+
+
+def test_text_embedding_is_first_token_projected(tiny_model):
+    tiny_model.eval()  # BERT dropout off
+    ids = torch.tensor([[101, 2000, 3000, 102]])
+    mask = torch.ones_like(ids)
+    hidden = tiny_model.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = torch.relu(hidden[:, 0]) @ tiny_model.txt_proj[1].weight.t() + tiny_model.txt_proj[1].bias
+    torch.testing.assert_close(tiny_model.encode_text(ids, mask), expected)
+
+
+def test_presets_and_overrides():
+    assert VideoConfig().geometry() == dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    assert VideoConfig(arch="base_patch32_224", depth=4).geometry()["patch_size"] == 32
+    with pytest.raises(ValueError, match="video.arch 'huge'"):
+        VideoConfig(arch="huge").geometry()
+    with pytest.raises(ValueError, match="video.depth is required"):
+        VideoConfig(arch=None, img_size=32, patch_size=16, embed_dim=32, num_heads=2).geometry()
+
+
+def test_unknown_config_key_is_named(tiny_text):
+    with pytest.raises(ValueError, match="unknown VideoConfig keys \\['frames'\\]"):
+        FrozenInTime(video=dict(TINY_VIDEO, frames=4), text=tiny_text)
+
+
+def test_pretrained_without_network_gives_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="text.name_or_path to a local Hugging Face directory"):
+        FrozenInTime(video=dict(TINY_VIDEO), text=dict(name_or_path="someone/not-cached-model", pretrained=True))
+    with pytest.raises(OSError, match="video.pretrained_path"):
+        FrozenInTime(video=dict(arch="base_patch16_224", depth=1, pretrained=True),
+                     text=dict(pretrained=False, config_overrides={"n_layers": 1}))
+
+
+def test_distilbert_architecture_builds_offline():
+    model = FrozenInTime(video=dict(TINY_VIDEO), text=dict(pretrained=False, config_overrides={"n_layers": 1}))
+    assert type(model.text_model).__name__ == "DistilBertModel"
+    assert model.txt_proj[1].weight.shape == (256, 768)
+    assert len(model.text_layers) == 1
