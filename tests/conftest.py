@@ -32,3 +32,20 @@ def tiny_model(tiny_text):
 
     torch.manual_seed(0)
     return FrozenInTime(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_msrvtt(tmp_path_factory):
+    """A small synthetic MSR-VTT-layout dataset: 12 train, 6 test clips of 32x32."""
+    from lightning_frozen.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "msrvtt", "msrvtt", num_train=12, num_test=6,
+                                  num_frames_per_video=8, size=(32, 32), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_cc3m(tmp_path_factory):
+    from lightning_frozen.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "cc3m", "cc3m", num_train=12, num_test=4,
+                                  size=(32, 32), seed=4)

@@ -178,8 +178,8 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> 
             key = f"video_model.{key}"  # timm ViT key names
         if key.startswith(("video_model.head.", "video_model.pre_logits.", "head.", "pre_logits.", "fc_norm.")):
             continue
-        if key.endswith("position_ids") and key not in own:
-            continue  # a buffer older transformers saved and newer ones recompute
+        if key not in own and (key.endswith("position_ids") or key.startswith("text_model.pooler.")):
+            continue  # a buffer older transformers saved; a pooler the text tower does not use
         out[key] = value
     return out
 

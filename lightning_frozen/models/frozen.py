@@ -88,6 +88,7 @@ class FrozenInTime(nn.Module):
             from .checkpoint import load_vit_weights
 
             load_vit_weights(self.video_model, vc)
+        self.train()  # from_pretrained hands back the text model in eval mode
 
     @property
     def text_layers(self) -> nn.ModuleList:

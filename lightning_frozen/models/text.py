@@ -36,12 +36,20 @@ def bundled_text_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+BUNDLED = "bundled:all-MiniLM-L6-v2"
+
+
+def resolve_name_or_path(name_or_path: str) -> str:
+    """`bundled:all-MiniLM-L6-v2` names the bundled model portably in configs; anything else passes through."""
+    return str(bundled_text_model_path()) if name_or_path == BUNDLED else name_or_path
+
+
 def _offline_hint(name_or_path: str, what: str) -> str:
     return (
         f"could not load the {what} of text model {name_or_path!r}: it is neither a local directory "
         "nor in the Hugging Face cache, and the hub is unreachable (or HF_HUB_OFFLINE=1). "
         "Set text.name_or_path to a local Hugging Face directory (for example the bundled MiniLM, "
-        "`lightning_frozen.models.text.bundled_text_model_path()`), or text.pretrained: false."
+        f"{BUNDLED!r}), or text.pretrained: false."
     )
 
 
@@ -54,6 +62,7 @@ def build_text_config(name_or_path: str, overrides: dict[str, Any] | None = None
     import transformers
 
     overrides = dict(overrides or {})
+    name_or_path = resolve_name_or_path(name_or_path)
     try:
         return transformers.AutoConfig.from_pretrained(name_or_path, **overrides)
     except OSError as err:
@@ -68,18 +77,26 @@ def build_text_model(name_or_path: str, pretrained: bool = True, overrides: dict
     """A Hugging Face encoder; `pretrained=False` gives the architecture with random weights."""
     import transformers
 
+    name_or_path = resolve_name_or_path(name_or_path)
     if pretrained:
         try:
-            return transformers.AutoModel.from_pretrained(name_or_path, **(overrides or {}))
+            model = transformers.AutoModel.from_pretrained(name_or_path, **(overrides or {}))
         except OSError as err:
             raise OSError(_offline_hint(name_or_path, "pretrained weights")) from err
-    return transformers.AutoModel.from_config(build_text_config(name_or_path, overrides))
+    else:
+        model = transformers.AutoModel.from_config(build_text_config(name_or_path, overrides))
+    if getattr(model, "pooler", None) is not None:
+        # Only the first token of the last hidden state is used; an unused pooler would
+        # make DDP fail on parameters without gradients.
+        model.pooler = None
+    return model
 
 
 def build_tokenizer(name_or_path: str):
     """The encoder's tokenizer; DistilBERT/BERT uncased fall back to the identical bundled vocabulary offline."""
     import transformers
 
+    name_or_path = resolve_name_or_path(name_or_path)
     try:
         return transformers.AutoTokenizer.from_pretrained(name_or_path)
     except OSError as err:

@@ -1,0 +1,175 @@
+"""FrameCurriculum: train on 1, then 2, then 4 frames in one run, with a best and last checkpoint per stage.
+
+At each stage boundary the best weights of the stage just ended are reloaded (the
+published recipe starts each stage from the previous stage's best checkpoint), the
+DataModule switches its frame count and the dataloaders are rebuilt.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+
+from ..models.checkpoint import extract_state_dict, safe_torch_load
+
+
+@dataclass
+class Stage:
+    frames: int
+    epochs: int
+
+
+class FrameCurriculum(pl.Callback):
+    """Stages such as ``[{frames: 1, epochs: 8}, {frames: 2, epochs: 1}, {frames: 4, epochs: 1}]``.
+
+    Args:
+        stages: frame count and epoch count of each stage, in order.
+        monitor: metric that picks each stage's best checkpoint.
+        mode: "max" or "min" for `monitor`.
+        dirpath: where stage checkpoints go (default: the logger's directory/checkpoints).
+    """
+
+    def __init__(self, stages: list[Stage], monitor: str = "val/t2v_gmean", mode: str = "max",
+                 dirpath: Optional[str] = None):
+        if not stages:
+            raise ValueError("FrameCurriculum needs at least one stage, e.g. [{frames: 1, epochs: 1}]")
+        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
+        for i, stage in enumerate(self.stages):
+            if stage.frames < 1 or stage.epochs < 1:
+                raise ValueError(f"stage {i} has frames={stage.frames}, epochs={stage.epochs}: both must be >= 1")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor, self.mode, self.dirpath = monitor, mode, dirpath
+        self.best_scores: dict[int, float] = {}
+        self.best_paths: dict[int, str] = {}
+        self.last_paths: dict[int, str] = {}
+        self._written: set[str] = set()
+        self._restored = False
+        self.entered_stage: Optional[int] = None  # the stage whose starting weights are in place
+        self.resumed_stage: Optional[int] = None  # set when a run resumes from a checkpoint
+
+    # -- stage arithmetic ------------------------------------------------------------------
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    def stage_of_epoch(self, epoch: int) -> int:
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += stage.epochs
+            if epoch < end:
+                return i
+        return len(self.stages) - 1
+
+    def frames_at_epoch(self, epoch: int) -> int:
+        return self.stages[self.stage_of_epoch(epoch)].frames
+
+    def _is_last_epoch_of_stage(self, epoch: int) -> bool:
+        end = 0
+        for stage in self.stages:
+            end += stage.epochs
+            if epoch == end - 1:
+                return True
+        return False
+
+    def _path(self, trainer: pl.Trainer, index: int, kind: str) -> Path:
+        root = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        return root / f"stage{index}-{self.stages[index].frames}f-{kind}.ckpt"
+
+    def _save(self, trainer: pl.Trainer, path: Path, index: int) -> None:
+        """Write a checkpoint without ever overwriting a file this run does not own.
+
+        A run owns what it wrote; a resumed run also owns the files of the stage it resumed
+        into and later ones (they belong to the run it continues, from a later point).
+        """
+        owned = str(path) in self._written or (self.resumed_stage is not None and index >= self.resumed_stage)
+        if path.exists() and not owned:
+            raise FileExistsError(
+                f"{path} exists and was not written by this run; refusing to overwrite it. "
+                "Point FrameCurriculum.dirpath (or the logger's version) at a new directory."
+            )
+        trainer.save_checkpoint(path, weights_only=False)
+        self._written.add(str(path))
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.max_epochs != self.total_epochs:
+            if trainer.max_epochs not in (None, -1, 1000):
+                rank_zero_warn(f"FrameCurriculum sets max_epochs to {self.total_epochs} (was {trainer.max_epochs})")
+            trainer.fit_loop.max_epochs = self.total_epochs
+        model_frames = pl_module.model.video_model.num_frames
+        most = max(s.frames for s in self.stages)
+        if most > model_frames:
+            raise ValueError(f"the curriculum reaches {most} frames but model.video.num_frames is {model_frames}: "
+                             f"set it to {most}")
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "frame_schedule"):
+            raise TypeError("FrameCurriculum needs a DataModule with a frame_schedule (FrozenDataModule)")
+        # The DataModule asks for the frame count whenever it builds loaders: after a resume
+        # has restored the epoch, so a resumed run continues in the right stage.
+        datamodule.frame_schedule = self.frames_at_epoch
+        if self.entered_stage is None:
+            self.entered_stage = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._restored:
+            self.resumed_stage = self.stage_of_epoch(trainer.current_epoch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        index = self.stage_of_epoch(trainer.current_epoch)
+        score = float(trainer.callback_metrics[self.monitor])
+        if math.isnan(score):
+            return
+        best = self.best_scores.get(index)
+        if best is None or (score > best if self.mode == "max" else score < best):
+            self.best_scores[index] = score
+            path = self._path(trainer, index, "best")
+            self._save(trainer, path, index)
+            self.best_paths[index] = str(path)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if not self._is_last_epoch_of_stage(epoch):
+            return
+        index = self.stage_of_epoch(epoch)
+        path = self._path(trainer, index, "last")
+        self._save(trainer, path, index)
+        self.last_paths[index] = str(path)
+        if index + 1 >= len(self.stages):
+            return
+        # Rebuild the loaders (and their worker processes) so the new frame count takes effect.
+        trainer.fit_loop._combined_loader = None
+        trainer.fit_loop.epoch_loop.val_loop._combined_loader = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Entering a new stage: start from the best weights of the one before (also after a resume)."""
+        index = self.stage_of_epoch(trainer.current_epoch)
+        if self.entered_stage is not None and index <= self.entered_stage:
+            return
+        best = self.best_paths.get(index - 1)
+        if best:
+            state = extract_state_dict(safe_torch_load(best), Path(best).name)
+            pl_module.load_state_dict(state)
+            rank_zero_info(f"FrameCurriculum: stage {index - 1} best {self.monitor}="
+                           f"{self.best_scores[index - 1]:.4f} reloaded from {Path(best).name}")
+        self.entered_stage = index
+        rank_zero_info(f"FrameCurriculum: stage {index} ({self.stages[index].frames} frames) starts")
+
+    # -- resumable state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_scores": self.best_scores, "best_paths": self.best_paths, "last_paths": self.last_paths,
+                "written": sorted(self._written), "entered_stage": self.entered_stage}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_scores = {int(k): v for k, v in state_dict["best_scores"].items()}
+        self.best_paths = {int(k): v for k, v in state_dict["best_paths"].items()}
+        self.last_paths = {int(k): v for k, v in state_dict["last_paths"].items()}
+        self._written = set(state_dict.get("written", []))
+        self.entered_stage = state_dict.get("entered_stage")
+        self._restored = True

@@ -1,0 +1,265 @@
+"""TextVideoDataset: the part every text-video dataset shares.
+
+A subclass only says where its metadata is (``_load_metadata`` returns a DataFrame with
+``id``, ``path`` relative to ``root``, and ``captions``, a list of strings per row); this
+class handles frame sampling, caption choice, subsampling, the per-epoch cap and
+strict/lax handling of broken files.
+
+Skip counting across DataLoader workers: the count lives in a small shared-memory int64
+tensor created in ``__init__`` with one slot per worker (slot 0 is the main process), so
+forked or spawned workers all add to the same memory without locks, and
+``num_skipped`` (read in the main process) sums the slots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from .video import VideoReadError, read_frames
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "val", "test"]
+Loading = Literal["strict", "lax"]
+_SKIP_SLOTS = 256
+
+
+class TextVideoDataset(Dataset):
+    """Base class: items are ``{"video", "text", "meta"}`` dicts (see ``__getitem__``).
+
+    ``num_frames`` may be changed between epochs (the frame curriculum does, through
+    ``set_num_frames``). ``mode`` is "rand" for the train split, "uniform" otherwise.
+    ``subsample`` keeps a fixed seeded subset (a fraction in (0, 1] or a count);
+    ``max_samples`` caps each epoch to a fresh seeded subset drawn per ``set_epoch``.
+    ``loading="lax"`` replaces an unreadable sample by the next readable index and
+    counts it; ``"strict"`` raises ``VideoReadError``. ``frame_size`` is the square
+    side clips come back at (None: native size); ``num_threads`` and
+    ``decode_backend`` go to ``read_frames``.
+    """
+
+    dataset_name = "base"
+
+    def __init__(
+        self,
+        root: Union[str, os.PathLike],
+        split: Split = "train",
+        num_frames: int = 4,
+        frame_size: Optional[int] = 256,
+        fix_start: Optional[int] = None,
+        loading: Loading = "strict",
+        subsample: Union[float, int, None] = None,
+        max_samples: Optional[int] = None,
+        seed: int = 0,
+        mode: Optional[str] = None,
+        num_threads: int = 1,
+        max_skip_attempts: int = 100,
+        decode_backend: str = "auto",
+    ):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"{type(self).__name__}: dataset root '{self.root}' is not a directory; "
+                "pass the folder that holds the dataset"
+            )
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if loading not in ("strict", "lax"):
+            raise ValueError(f"loading must be 'strict' or 'lax', got {loading!r}")
+        if mode is not None and mode not in ("rand", "uniform"):
+            raise ValueError(f"mode must be 'rand', 'uniform' or None, got {mode!r}")
+        self.split = split
+        self.set_num_frames(num_frames)
+        self.frame_size = frame_size
+        self.fix_start = fix_start
+        self.loading = loading
+        self.seed = seed
+        self._mode = mode
+        self.num_threads = num_threads
+        self.decode_backend = decode_backend
+        self.max_skip_attempts = max_skip_attempts
+        self.multi_caption = False
+        records = self._load_metadata()
+        missing = {"id", "path", "captions"} - set(records.columns)
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}._load_metadata lacks columns {missing}")
+        self.records = self._subsample(records.reset_index(drop=True), subsample)
+        if len(self.records) == 0:
+            raise ValueError(
+                f"{type(self).__name__}({self.root}, split={split!r}) has no samples; "
+                "check the metadata files and the subsample setting"
+            )
+        self.max_samples = max_samples
+        self.epoch = 0
+        self._epoch_order: Optional[np.ndarray] = None
+        self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
+
+    # --- subclass hooks -------------------------------------------------------------
+    def _load_metadata(self) -> pd.DataFrame:
+        """Return a DataFrame with ``id``, ``path`` (relative to root) and ``captions``."""
+        raise NotImplementedError
+
+    def _read(self, path: Path) -> torch.Tensor:
+        """Decode one sample's pixels (videos here; image datasets override)."""
+        return read_frames(
+            path,
+            self.num_frames,
+            self.mode,
+            self.fix_start,
+            self.frame_size,
+            root=self.root,
+            num_threads=self.num_threads,
+            backend=self.decode_backend,
+        )
+
+    # --- settings ---------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """Frame sampling mode: random per interval for training, middle frame otherwise."""
+        if self._mode is not None:
+            return self._mode
+        return "rand" if self.split == "train" else "uniform"
+
+    def set_num_frames(self, num_frames: int) -> None:
+        """Change the frames per clip (frame curriculum); applies to the next items read."""
+        if int(num_frames) < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.num_frames = int(num_frames)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a new ``max_samples`` subset for this epoch (call before the loader starts)."""
+        self.epoch = int(epoch)
+        self._epoch_order = None
+
+    # --- skip counter -----------------------------------------------------------------
+    @property
+    def num_skipped(self) -> int:
+        """Samples skipped as unreadable (lax loading) since the last reset, all workers."""
+        return int(self._skips.sum())
+
+    def reset_skipped(self) -> None:
+        """Zero the skip counter (the DataModule does at each epoch start)."""
+        self._skips.zero_()
+
+    def _count_skip(self) -> None:
+        info = get_worker_info()
+        slot = 0 if info is None else 1 + info.id % (_SKIP_SLOTS - 1)
+        self._skips[slot] += 1
+
+    # --- indexing ---------------------------------------------------------------------
+    def _subsample(self, records: pd.DataFrame, subsample: Union[float, int, None]) -> pd.DataFrame:
+        if subsample is None:
+            return records
+        if isinstance(subsample, float) and not isinstance(subsample, bool):
+            if not 0 < subsample <= 1:
+                raise ValueError(f"subsample as a fraction must be in (0, 1], got {subsample}")
+            count = max(1, round(len(records) * subsample))
+        elif isinstance(subsample, int) and subsample >= 1:
+            count = min(subsample, len(records))
+        else:
+            raise ValueError(f"subsample must be a fraction in (0, 1] or a count >= 1, got {subsample!r}")
+        keep = np.random.default_rng(self.seed).permutation(len(records))[:count]
+        return records.iloc[np.sort(keep)].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        if self.max_samples is None:
+            return len(self.records)
+        return min(len(self.records), self.max_samples)
+
+    def _record_index(self, index: int) -> int:
+        if self.max_samples is None or self.max_samples >= len(self.records):
+            return index
+        if self._epoch_order is None:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            self._epoch_order = rng.permutation(len(self.records))[: self.max_samples]
+        return int(self._epoch_order[index])
+
+    # --- items ------------------------------------------------------------------------
+    def _text(self, captions: list[str]) -> Union[str, list[str]]:
+        if self.multi_caption:
+            width = self.max_captions
+            return list(captions) + [""] * (width - len(captions))
+        if self.split == "train" and len(captions) > 1:
+            return captions[int(torch.randint(len(captions), (1,)))]
+        return captions[0]
+
+    @property
+    def max_captions(self) -> int:
+        """k, the caption count of multi-caption items (longest caption list)."""
+        return int(self.records["captions"].map(len).max())
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """``{"video": uint8 [F, 3, H, W], "text": str (or k strings), "meta": {...}}``.
+
+        meta holds ``id``, ``path`` (relative to root), ``dataset``, ``index`` (the
+        position of the sample actually returned) and, for multi-caption items,
+        ``caption_mask`` (False where the text list is padded).
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        attempts = min(self.max_skip_attempts, len(self))
+        for attempt in range(attempts):
+            position = (index + attempt) % len(self)
+            row = self.records.iloc[self._record_index(position)]
+            try:
+                video = self._read(self.root / row["path"])
+            except VideoReadError as error:
+                if self.loading == "strict":
+                    raise
+                self._count_skip()
+                log.warning("%s: skipping unreadable sample: %s", self.dataset_name, error)
+                continue
+            return self._item(video, row, position)
+        raise RuntimeError(
+            f"{type(self).__name__}: {attempts} samples in a row from index {index} were "
+            f"unreadable under {self.root}; check the files (loading='strict' names the first)"
+        )
+
+    def _item(self, video: torch.Tensor, row: pd.Series, position: int) -> dict[str, Any]:
+        text = self._text(row["captions"])
+        meta: dict[str, Any] = {
+            "id": str(row["id"]),
+            "path": str(row["path"]),
+            "dataset": self.dataset_name,
+            "index": position,
+        }
+        if self.multi_caption:
+            meta["caption_mask"] = [i < len(row["captions"]) for i in range(len(text))]
+        return {"video": video, "text": text, "meta": meta}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(root='{self.root}', split={self.split!r}, "
+            f"samples={len(self)}, num_frames={self.num_frames}, frame_size={self.frame_size}, "
+            f"loading={self.loading!r})"
+        )
+
+
+def read_table(path: Path, required: set[str], what: str) -> pd.DataFrame:
+    """Read a CSV/TSV (tab-separated by ``.tsv`` extension) and check its columns."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: metadata file '{path}' not found")
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    missing = required - set(table.columns)
+    if missing:
+        raise ValueError(
+            f"{what}: '{path}' lacks column(s) {sorted(missing)}; it has {list(table.columns)}"
+        )
+    return table
+
+
+def find_file(candidates: list[Path], what: str, hint: str) -> Path:
+    """First existing file of ``candidates``, or an error listing where it looked."""
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    looked = ", ".join(f"'{c}'" for c in candidates)
+    raise FileNotFoundError(f"{what}: no metadata file found (looked for {looked}); {hint}")

@@ -1,0 +1,90 @@
+"""Decode only what a few sampled frames need (PyAV), the fast path of ``read_frames``.
+
+A training clip uses F frames out of hundreds. A plain reader (decord) decodes every
+frame from the last keyframe up to each sampled one and converts each to RGB. Here:
+
+* whole GOPs (keyframe to keyframe) holding no sampled frame are demuxed but never
+  decoded, so files with short keyframe intervals (``prepare_videos``) cost little;
+* inside a needed GOP, frames no other frame refers to (non-reference B-frames) are
+  skipped by the decoder unless sampled (``skip_frame="NONREF"``), which changes
+  nothing in the frames that are decoded;
+* only the sampled frames are converted to RGB.
+
+Frames are indexed by timestamp (constant frame rate assumed). ``None`` comes back when
+a file cannot be indexed that way (no frame count or rate in the header, or a sampled
+index that never shows up, e.g. variable frame rate); the caller then uses decord.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+
+def decode_sampled_frames(
+    path: Path, choose: Callable[[int], list[int]], num_threads: int = 1
+) -> Optional[np.ndarray]:
+    """RGB uint8 frames (F, H, W, 3) at ``choose(frame_count)``, or None (see module)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        count, rate = stream.frames, stream.average_rate
+        if not count or not rate:
+            return None
+        context = stream.codec_context
+        context.thread_count = num_threads
+        if num_threads > 1:
+            context.thread_type = "SLICE"  # frame threads would apply skip_frame late
+        start = stream.start_time or 0
+        scale = stream.time_base * rate
+        indices = choose(count)
+        wanted = set(indices)
+        found: dict[int, np.ndarray] = {}
+
+        def position(pts: Optional[int]) -> int:
+            return -1 if pts is None else int(round(float((pts - start) * scale)))
+
+        def keep(frames) -> None:
+            for frame in frames:
+                i = position(frame.pts)
+                if i in wanted and i not in found:
+                    found[i] = frame.to_ndarray(format="rgb24")
+
+        def decode_gop(packets) -> None:
+            here = {position(p.pts) for p in packets} & wanted
+            for packet in packets:
+                context.skip_frame = "DEFAULT" if position(packet.pts) in wanted else "NONREF"
+                keep(context.decode(packet))
+                if here <= found.keys():
+                    break  # the rest of the GOP only leads to frames nobody asked for
+            else:
+                context.skip_frame = "DEFAULT"
+                keep(context.decode(None))  # drain frames held back for reordering
+            context.skip_frame = "DEFAULT"
+            context.flush_buffers()
+
+        def needed(packets) -> bool:
+            return any(position(p.pts) in wanted for p in packets)
+
+        gop: list = []
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.is_keyframe and gop:
+                if needed(gop):
+                    decode_gop(gop)
+                    if len(found) == len(wanted):
+                        gop = []
+                        break
+                gop = []
+            gop.append(packet)
+        if gop and needed(gop):
+            decode_gop(gop)
+    if len(found) < len(wanted):
+        return None
+    return np.stack([found[i] for i in indices])

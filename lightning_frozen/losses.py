@@ -1,0 +1,184 @@
+"""Contrastive losses for text-video retrieval, with negatives from the global batch.
+
+The original Frozen-in-Time trained with single-process DataParallel, so every
+similarity matrix spanned the whole batch. Under DDP each rank only sees its own
+slice; ``global_contrastive_loss`` gathers the embeddings (with gradients) so the
+loss and, after DDP's gradient averaging, the parameter gradients equal those of
+one process on the full batch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "NormSoftmaxLoss",
+    "MaxMarginRankingLoss",
+    "sim_matrix",
+    "gather_with_grad",
+    "global_contrastive_loss",
+    "ContrastiveLoss",
+]
+
+
+def _check_square(sims: Tensor, name: str) -> None:
+    if sims.ndim != 2 or sims.shape[0] != sims.shape[1]:
+        raise ValueError(
+            f"{name} expects a square [n, n] similarity matrix (text i vs video j, "
+            f"positives on the diagonal), got shape {tuple(sims.shape)}; build it with "
+            "sim_matrix(text_emb, video_emb) from equally sized batches."
+        )
+
+
+class NormSoftmaxLoss(nn.Module):
+    """Symmetric InfoNCE on a cosine-similarity matrix (the Frozen-in-Time loss).
+
+    Text->video and video->text log-softmax at temperature ``temperature``; the
+    loss is the sum of the two mean negative log-likelihoods of the diagonal.
+    """
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}; the paper uses 0.05.")
+        self.temperature = float(temperature)
+
+    def forward(self, sims: Tensor) -> Tensor:
+        _check_square(sims, "NormSoftmaxLoss")
+        i_logsm = F.log_softmax(sims / self.temperature, dim=1)
+        j_logsm = F.log_softmax(sims.t() / self.temperature, dim=1)
+        return -i_logsm.diagonal().mean() - j_logsm.diagonal().mean()
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class MaxMarginRankingLoss(nn.Module):
+    """Bidirectional hinge loss: every positive s_ii against every s_ij and s_ji.
+
+    Term ``relu(margin - s_ii + s_ij)`` for each row negative and
+    ``relu(margin - s_ii + s_ji)`` for each column negative, averaged. With
+    ``fix_norm`` the diagonal pairs (which always contribute exactly ``margin``)
+    are left out of the mean, as in the original CE / Frozen code.
+    """
+
+    def __init__(self, margin: float = 1.0, fix_norm: bool = True) -> None:
+        super().__init__()
+        self.margin = float(margin)
+        self.fix_norm = bool(fix_norm)
+
+    def forward(self, sims: Tensor) -> Tensor:
+        _check_square(sims, "MaxMarginRankingLoss")
+        n = sims.shape[0]
+        if self.fix_norm and n < 2:
+            raise ValueError(
+                f"MaxMarginRankingLoss(fix_norm=True) needs at least 2 pairs to have a "
+                f"negative, got n={n}; use a larger batch."
+            )
+        pos = sims.diagonal().unsqueeze(1)  # [n, 1]: s_ii for row i
+        row = F.relu(self.margin - pos + sims)  # text i vs video j
+        col = F.relu(self.margin - pos + sims.t())  # video i vs text j
+        terms = torch.stack((row, col))  # [2, n, n]
+        if self.fix_norm:
+            off_diag = ~torch.eye(n, dtype=torch.bool, device=sims.device)
+            return terms[:, off_diag].mean()
+        return terms.mean()
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, fix_norm={self.fix_norm}"
+
+
+def sim_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarity of every row of ``a`` [n, d] with every row of ``b`` [m, d].
+
+    Norms are clamped at ``eps`` so an all-zero row gives similarity 0, not NaN.
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"sim_matrix expects two 2-D tensors [n, d] and [m, d] with the same d, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}; flatten extra dims first."
+        )
+    a_n = a / a.norm(dim=1, keepdim=True).clamp_min(eps)
+    b_n = b / b.norm(dim=1, keepdim=True).clamp_min(eps)
+    return a_n @ b_n.t()
+
+
+_MAX_NDIM = 8
+
+
+def _distributed_world() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """All-gather ``t`` from every rank, concatenated on dim 0 in rank order.
+
+    Uses ``torch.distributed.nn.functional.all_gather`` so gradients flow back:
+    its backward sums the gradients of all ranks into each rank's slice. All
+    ranks must pass the same shape (DistributedSampler guarantees equal batch
+    sizes); a mismatch raises the same ValueError on every rank instead of
+    hanging. Identity when not distributed or with a single process.
+    """
+    world = _distributed_world()
+    if world == 1:
+        return t
+    # Shape agreement check: one tiny collective, so every rank reaches the same
+    # verdict (a rank raising alone would leave the others hanging in all_gather).
+    code = torch.zeros(_MAX_NDIM + 1, dtype=torch.long, device=t.device)
+    if 1 <= t.ndim <= _MAX_NDIM:
+        code[0] = t.ndim
+        code[1 : t.ndim + 1] = torch.tensor(t.shape, dtype=torch.long)
+    else:
+        code[0] = -1
+    codes = [torch.empty_like(code) for _ in range(world)]
+    dist.all_gather(codes, code)
+    if any(int(c[0]) < 0 for c in codes):
+        raise ValueError(
+            f"gather_with_grad needs tensors with 1..{_MAX_NDIM} dims (batch first) on every "
+            f"rank; this rank passed shape {tuple(t.shape)}."
+        )
+    all_shapes = [tuple(c[1 : int(c[0]) + 1].tolist()) for c in codes]
+    if len(set(all_shapes)) != 1:
+        raise ValueError(
+            f"gather_with_grad: ranks passed different shapes {all_shapes}; every rank "
+            "needs the same local batch size (use DistributedSampler, or drop_last=True)."
+        )
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t), dim=0)
+
+
+def global_contrastive_loss(
+    text_emb: Tensor, video_emb: Tensor, loss_fn: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """Gather both embeddings over ranks and apply ``loss_fn`` to their cosine sims.
+
+    With DDP's gradient averaging, N ranks of local batch b give the same loss and
+    parameter gradients as one process with batch N*b: the gather's backward sums N
+    identical copies of dL/d(local emb), and DDP divides by N.
+    """
+    if text_emb.ndim != 2 or video_emb.ndim != 2 or text_emb.shape != video_emb.shape:
+        raise ValueError(
+            f"global_contrastive_loss expects paired [b, d] text and video embeddings of "
+            f"the same shape, got {tuple(text_emb.shape)} and {tuple(video_emb.shape)}; "
+            "row i of each must be the same sample."
+        )
+    sims = sim_matrix(gather_with_grad(text_emb), gather_with_grad(video_emb))
+    return loss_fn(sims)
+
+
+class ContrastiveLoss(nn.Module):
+    """Module form of ``global_contrastive_loss`` wrapping a similarity-matrix loss."""
+
+    def __init__(self, loss: nn.Module | None = None) -> None:
+        super().__init__()
+        self.loss = loss if loss is not None else NormSoftmaxLoss()
+
+    def forward(self, text_emb: Tensor, video_emb: Tensor) -> Tensor:
+        return global_contrastive_loss(text_emb, video_emb, self.loss)

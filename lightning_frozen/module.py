@@ -1,0 +1,182 @@
+"""FrozenModule: training, evaluation and embedding export around the FrozenInTime dual encoder."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, is_dataclass
+from typing import Any, Literal, Optional
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from .losses import MaxMarginRankingLoss, NormSoftmaxLoss, global_contrastive_loss
+from .metrics import RetrievalMetrics, format_metrics_table
+from .models import FrozenInTime, TextConfig, VideoConfig, load_checkpoint
+from .models.checkpoint import TemporalFix
+
+# Parameters without weight decay: norms and biases (1-D) and learned embeddings.
+_NO_DECAY_NAMES = ("pos_embed", "cls_token", "temporal_embed", "_embeddings.")
+
+
+def _is_single_batch(batch: Any) -> bool:
+    return isinstance(batch, dict) and "video" in batch
+
+
+class FrozenModule(pl.LightningModule):
+    """Contrastive video-text training (joint image + video), retrieval validation, embedding export.
+
+    Args:
+        video: video tower settings (arch, frames, time_init, ...).
+        text: text tower settings (Hugging Face model id or local directory).
+        projection_dim: size of the joint embedding space.
+        loss: "norm_softmax" (InfoNCE, the published recipe) or "max_margin".
+        temperature: NormSoftmax temperature.
+        margin: MaxMargin margin.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
+        warmup_steps: linear warm-up steps.
+        schedule: "constant" after warm-up, or "cosine" decay to 0 over the run.
+        init_from: weights to start from (published .pth.tar, this project's .ckpt or a state dict);
+            the temporal embedding is inflated or cut to video.num_frames.
+        temporal_fix: how init_from inflates the temporal embedding: "zeros", "interp", "bilinear".
+    """
+
+    def __init__(
+        self,
+        video: VideoConfig = VideoConfig(),
+        text: TextConfig = TextConfig(),
+        projection_dim: int = 256,
+        loss: Literal["norm_softmax", "max_margin"] = "norm_softmax",
+        temperature: float = 0.05,
+        margin: float = 0.2,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        schedule: Literal["constant", "cosine"] = "constant",
+        init_from: Optional[str] = None,
+        temporal_fix: TemporalFix = "zeros",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = FrozenInTime(video, text, projection_dim)
+        self.loss_fn: nn.Module = NormSoftmaxLoss(temperature) if loss == "norm_softmax" else MaxMarginRankingLoss(margin)
+        self.val_metrics = RetrievalMetrics()
+        self.test_metrics = RetrievalMetrics()
+        self._init_loaded = False
+
+    # -- weights ---------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a ckpt_path (which then wins), so resuming is unaffected.
+        if self.hparams.init_from and not self._init_loaded:
+            report = load_checkpoint(self.model, self.hparams.init_from, self.hparams.temporal_fix)
+            for line in report.adapted:
+                rank_zero_info(f"init_from: adapted {line}")
+            self._init_loaded = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Plain dicts instead of config dataclasses: the file then loads with weights_only=True.
+        hparams = checkpoint.get("hyper_parameters", {})
+        for key in ("video", "text"):
+            if is_dataclass(hparams.get(key)):
+                hparams[key] = asdict(hparams[key])
+
+    # -- training --------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, Any]) -> Tensor:
+        """Contrastive loss of one dataset's batch over the global (all-rank) batch."""
+        text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+        return global_contrastive_loss(text_emb, video_emb, self.loss_fn)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        batches = {"train": batch} if _is_single_batch(batch) else batch
+        total = torch.zeros((), device=self.device)
+        for name, one in batches.items():
+            if one is None:  # a shorter dataset under CombinedLoader's min_size/sequential modes
+                continue
+            loss = self.compute_loss(one)
+            if len(batches) > 1:
+                self.log(f"train/loss_{name}", loss, batch_size=len(one["input_ids"]))
+            total = total + loss
+        self.log("train/loss", total, prog_bar=True, batch_size=self._batch_size(batches))
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "skipped_counts"):
+            for name, count in datamodule.skipped_counts().items():
+                self.log(f"data/skipped_{name}", float(count), sync_dist=True, reduce_fx="sum")
+
+    @staticmethod
+    def _batch_size(batches: dict[str, Any]) -> int:
+        return sum(len(b["video"]) for b in batches.values() if b is not None)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _encode_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+        text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+        mask = batch.get("caption_mask")
+        if mask is not None:  # k captions per video, each video's captions consecutive
+            text_emb = text_emb.reshape(video_emb.shape[0], mask.shape[1], -1)
+        ids = torch.as_tensor(batch["meta"]["index"], device=self.device)
+        return text_emb, video_emb, ids, mask
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.val_metrics.update(*self._encode_pairs(batch))
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.test_metrics.update(*self._encode_pairs(batch))
+
+    def _log_retrieval(self, metric: RetrievalMetrics, prefix: str) -> None:
+        values = metric.compute()
+        metric.reset()
+        for key, value in values.items():
+            self.log(f"{prefix}/{key}", float(value), sync_dist=False, rank_zero_only=False)
+        if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            rank_zero_info("\n" + format_metrics_table(values, prefix))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_retrieval(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_retrieval(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Video and caption embeddings (L2-normalised) with their ids, for search."""
+        text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+        return {
+            "ids": list(batch["meta"]["id"]),
+            "paths": list(batch["meta"]["path"]),
+            "video": nn.functional.normalize(video_emb.float(), dim=-1).cpu(),
+            "text": nn.functional.normalize(text_emb.float(), dim=-1).cpu(),
+        }
+
+    # -- optimisation ----------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1 or any(key in name for key in _NO_DECAY_NAMES):
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """Multiplier of the peak learning rate at `step`."""
+        warmup = self.hparams.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
+        if self.hparams.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr)
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,126 @@
+"""FrozenModule through the real CLI: training steps, evaluation keys, init_from, joint training."""
+import math
+
+import pytest
+import torch
+
+from lightning_frozen.cli import run_cli
+from lightning_frozen.module import FrozenModule
+
+from conftest import TINY_VIDEO
+from tiny_config import tiny_config
+
+METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "R50", "MedR", "MeanR", "gmean")]
+
+
+def test_fit_steps_change_weights_and_log_loss(tmp_path, tiny_msrvtt, text_dir):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir, max_steps=3, limit_val_batches=0)
+    cli = run_cli(["--config", str(config)], run=False)
+    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 3
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+    after = cli.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("model.video_model.blocks") for k in changed)
+    assert any(k.startswith("model.text_model") for k in changed)
+
+
+def test_validate_and_test_report_every_metric(tmp_path, tiny_msrvtt, text_dir, caplog):
+    caplog.set_level("INFO")
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    for command, prefix in (("validate", "val"), ("test", "test")):
+        cli = run_cli(["--config", str(config)], run=False)
+        results = getattr(cli.trainer, command)(cli.model, datamodule=cli.datamodule)[0]
+        assert sorted(results) == sorted(f"{prefix}/{k}" for k in METRIC_KEYS)
+        assert 0 <= results[f"{prefix}/t2v_R1"] <= results[f"{prefix}/t2v_R5"] <= 100
+        assert results[f"{prefix}/t2v_R10"] == 100.0  # 6 test videos: always within the top 10
+        assert 1 <= results[f"{prefix}/t2v_MedR"] <= 6
+    assert "R@1" in caplog.text and "test t2v" in caplog.text and "val v2t" in caplog.text
+
+
+def test_unknown_or_ill_typed_config_key_is_named(tmp_path, tiny_msrvtt, text_dir):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    with pytest.raises(SystemExit):
+        run_cli(["--config", str(config), "--model.video.frames", "4"], run=False)
+    with pytest.raises(SystemExit):
+        run_cli(["--config", str(config), "--model.lr", "fast"], run=False)
+
+
+def test_unknown_key_message(tmp_path, tiny_msrvtt, text_dir, capsys):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    with pytest.raises(SystemExit):
+        run_cli(["--config", str(config), "--model.video.frames", "4"], run=False)
+    assert "frames" in capsys.readouterr().err
+
+
+def test_joint_image_and_video_training_logs_each_loss(tmp_path, tiny_msrvtt, tiny_cc3m, text_dir):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir, cc3m_root=tiny_cc3m, max_steps=2, limit_val_batches=0)
+    cli = run_cli(["--config", str(config)], run=False)
+    seen = []
+    original = cli.model.compute_loss
+
+    def spy(batch):
+        seen.append(tuple(batch["video"].shape[:2]))
+        return original(batch)
+
+    cli.model.compute_loss = spy
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    metrics = cli.trainer.callback_metrics
+    assert {"train/loss_msrvtt", "train/loss_cc3m", "train/loss"} <= set(metrics)
+    torch.testing.assert_close(metrics["train/loss"], metrics["train/loss_msrvtt"] + metrics["train/loss_cc3m"])
+    assert (4, 2) in seen and (6, 1) in seen  # video batches of 4 two-frame clips, image batches of 6
+
+
+def test_init_from_inflates_temporal_embedding(tmp_path, tiny_msrvtt, text_dir):
+    one_frame = FrozenModule(video=dict(TINY_VIDEO, num_frames=1),
+                             text=dict(name_or_path=text_dir, pretrained=False,
+                                       config_overrides={"num_hidden_layers": 1}), projection_dim=16)
+    torch.nn.init.normal_(one_frame.model.video_model.temporal_embed)
+    path = tmp_path / "one_frame.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in one_frame.model.state_dict().items()}}, path)
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    cli = run_cli(["--config", str(config), "--model.init_from", str(path)], run=False)
+    cli.model.setup("fit")
+    te = cli.model.model.video_model.temporal_embed.detach()
+    assert te.shape == (1, 4, 32)
+    assert torch.equal(te[:, :1], one_frame.model.video_model.temporal_embed.detach())
+    assert torch.count_nonzero(te[:, 1:]) == 0
+    assert torch.equal(cli.model.model.vid_proj[0].weight, one_frame.model.vid_proj[0].weight)
+
+
+def test_parameter_groups_exclude_norms_biases_embeddings(tiny_text):
+    module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, weight_decay=0.05)
+    decay, no_decay = module.parameter_groups()
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"video_model.pos_embed", "video_model.temporal_embed", "video_model.cls_token",
+            "video_model.norm.weight", "vid_proj.0.bias", "text_model.embeddings.word_embeddings.weight"} <= no_decay_names
+    assert {"video_model.blocks.0.attn.qkv.weight", "vid_proj.0.weight", "video_model.patch_embed.proj.weight"} <= decay_names
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decay_names) + len(no_decay_names) == len(list(module.model.parameters()))
+
+
+def test_lr_schedule_warmup_then_cosine(tiny_text):
+    module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, warmup_steps=4, schedule="cosine")
+    factors = [module.lr_factor(step, 12) for step in range(13)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == pytest.approx(1.0) and factors[8] == pytest.approx(0.5) and factors[12] == pytest.approx(0.0)
+    constant = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, warmup_steps=2, schedule="constant")
+    assert [constant.lr_factor(s, 10) for s in (0, 1, 5, 9)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_predict_writes_searchable_embeddings(tmp_path, tiny_msrvtt, text_dir):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    out = tmp_path / "emb.pt"
+    args = ["predict", "--config", str(config), "--embeddings.output", str(out),
+            "--data.predict_dataset", "lightning_frozen.data.MSRVTT",
+            "--data.predict_dataset.root", str(tiny_msrvtt), "--data.predict_dataset.split", "test",
+            "--data.predict_dataset.frame_size", "32"]
+    run_cli(args)
+    saved = torch.load(out, weights_only=True)
+    assert len(saved["ids"]) == 6 and saved["video"].shape == (6, 16)
+    torch.testing.assert_close(saved["video"].norm(dim=-1), torch.ones(6))
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        run_cli(args)
