@@ -25,5 +25,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python cli.py demo
 
+# The IPU path on the CPU emulator (2 replicas x 2 stages); uses the data `make demo` writes.
+demo-ipu: $(STAMP)
+	$(BIN)/python cli.py synthetic --root data/synthetic_msrvtt --layout msrvtt
+	$(BIN)/python cli.py fit --config configs/demo_ipu.yaml
+
 clean-demo:
 	rm -rf data/synthetic_msrvtt runs/demo

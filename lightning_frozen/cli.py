@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from . import ipu  # noqa: F401  registers `accelerator: ipu` and the IPU strategy names
 from .callbacks import EmbeddingWriter
 from .data.datamodule import FrozenDataModule
 from .module import FrozenModule

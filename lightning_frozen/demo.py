@@ -54,14 +54,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--data", default="data/synthetic_msrvtt",
                         help="synthetic dataset root, made if missing (the config's datasets must point at it)")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-test", type=int, default=100)
     args = parser.parse_args(argv)
 
     from .cli import run_cli
 
     started = time.time()
-    root = make_synthetic_dataset(args.data, "msrvtt", num_train=args.num_train, num_test=args.num_test)
+    root = make_synthetic_dataset(args.data, "msrvtt")  # the defaults are the demo's dataset
     print(f"[demo] data ready at {root} ({time.time() - started:.0f} s)")
 
     cli = run_cli(["fit", "--config", args.config])

@@ -107,9 +107,6 @@ def sim_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return a_n @ b_n.t()
 
 
-_MAX_NDIM = 8
-
-
 def _distributed_world() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
@@ -121,34 +118,12 @@ def gather_with_grad(t: Tensor) -> Tensor:
 
     Uses ``torch.distributed.nn.functional.all_gather`` so gradients flow back:
     its backward sums the gradients of all ranks into each rank's slice. All
-    ranks must pass the same shape (DistributedSampler guarantees equal batch
-    sizes); a mismatch raises the same ValueError on every rank instead of
-    hanging. Identity when not distributed or with a single process.
+    ranks must pass the same shape: training loaders drop the last partial batch
+    and DistributedSampler evens out the ranks. Identity when not distributed or
+    with a single process. No extra collective or host sync on the hot path.
     """
-    world = _distributed_world()
-    if world == 1:
+    if _distributed_world() == 1:
         return t
-    # Shape agreement check: one tiny collective, so every rank reaches the same
-    # verdict (a rank raising alone would leave the others hanging in all_gather).
-    code = torch.zeros(_MAX_NDIM + 1, dtype=torch.long, device=t.device)
-    if 1 <= t.ndim <= _MAX_NDIM:
-        code[0] = t.ndim
-        code[1 : t.ndim + 1] = torch.tensor(t.shape, dtype=torch.long)
-    else:
-        code[0] = -1
-    codes = [torch.empty_like(code) for _ in range(world)]
-    dist.all_gather(codes, code)
-    if any(int(c[0]) < 0 for c in codes):
-        raise ValueError(
-            f"gather_with_grad needs tensors with 1..{_MAX_NDIM} dims (batch first) on every "
-            f"rank; this rank passed shape {tuple(t.shape)}."
-        )
-    all_shapes = [tuple(c[1 : int(c[0]) + 1].tolist()) for c in codes]
-    if len(set(all_shapes)) != 1:
-        raise ValueError(
-            f"gather_with_grad: ranks passed different shapes {all_shapes}; every rank "
-            "needs the same local batch size (use DistributedSampler, or drop_last=True)."
-        )
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(t), dim=0)

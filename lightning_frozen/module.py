@@ -88,17 +88,25 @@ class FrozenModule(pl.LightningModule):
         text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
         return global_contrastive_loss(text_emb, video_emb, self.loss_fn)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def dataset_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Loss per training dataset of a single or joint (name -> batch) step."""
         batches = {"train": batch} if _is_single_batch(batch) else batch
-        total = torch.zeros((), device=self.device)
-        for name, one in batches.items():
-            if one is None:  # a shorter dataset under CombinedLoader's min_size/sequential modes
-                continue
-            loss = self.compute_loss(one)
-            if len(batches) > 1:
-                self.log(f"train/loss_{name}", loss, batch_size=len(one["input_ids"]))
-            total = total + loss
-        self.log("train/loss", total, prog_bar=True, batch_size=self._batch_size(batches))
+        # None: a shorter dataset under CombinedLoader's min_size/sequential modes
+        return {name: self.compute_loss(one) for name, one in batches.items() if one is not None}
+
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        """The summed loss of a step, without logging (what an IPU runs on the device)."""
+        return sum(self.dataset_losses(batch).values())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self.dataset_losses(batch)
+        sizes = {name: len(b["video"]) for name, b in ({"train": batch} if _is_single_batch(batch) else batch).items()
+                 if b is not None}
+        if len(losses) > 1:
+            for name, loss in losses.items():
+                self.log(f"train/loss_{name}", loss, batch_size=sizes[name])
+        total = sum(losses.values())
+        self.log("train/loss", total, prog_bar=True, batch_size=sum(sizes.values()))
         return total
 
     def on_train_epoch_end(self) -> None:
@@ -107,24 +115,25 @@ class FrozenModule(pl.LightningModule):
             for name, count in datamodule.skipped_counts().items():
                 self.log(f"data/skipped_{name}", float(count), sync_dist=True, reduce_fx="sum")
 
-    @staticmethod
-    def _batch_size(batches: dict[str, Any]) -> int:
-        return sum(len(b["video"]) for b in batches.values() if b is not None)
-
     # -- evaluation ------------------------------------------------------------------------
-    def _encode_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-        text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+    def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """(text embeddings, video embeddings) of an evaluation batch."""
+        return self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+
+    def update_retrieval(self, stage: str, batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> None:
+        """Add a batch's embeddings to the stage's retrieval metric (k captions per video allowed)."""
         mask = batch.get("caption_mask")
-        if mask is not None:  # k captions per video, each video's captions consecutive
+        if mask is not None:  # each video's captions consecutive
             text_emb = text_emb.reshape(video_emb.shape[0], mask.shape[1], -1)
-        ids = torch.as_tensor(batch["meta"]["index"], device=self.device)
-        return text_emb, video_emb, ids, mask
+        ids = torch.as_tensor(batch["meta"]["index"], device=video_emb.device)
+        metric = self.val_metrics if stage == "val" else self.test_metrics
+        metric.update(text_emb, video_emb, ids, mask)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_metrics.update(*self._encode_pairs(batch))
+        self.update_retrieval("val", batch, *self.embed_pairs(batch))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.test_metrics.update(*self._encode_pairs(batch))
+        self.update_retrieval("test", batch, *self.embed_pairs(batch))
 
     def _log_retrieval(self, metric: RetrievalMetrics, prefix: str) -> None:
         values = metric.compute()
@@ -141,8 +150,11 @@ class FrozenModule(pl.LightningModule):
         self._log_retrieval(self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return self.predictions(batch, *self.embed_pairs(batch))
+
+    @staticmethod
+    def predictions(batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> dict[str, Any]:
         """Video and caption embeddings (L2-normalised) with their ids, for search."""
-        text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
         return {
             "ids": list(batch["meta"]["id"]),
             "paths": list(batch["meta"]["path"]),

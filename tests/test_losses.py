@@ -183,12 +183,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             result[name] = (loss, grads)
         # Rows are concatenated in rank order.
         result["gathered"] = gather_with_grad(torch.full((2, 3), float(rank)))
-        # Unequal local batches: a clear error on every rank, not a hang.
-        try:
-            gather_with_grad(torch.zeros(3 + rank, EMB))
-            result["uneven_error"] = None
-        except ValueError as err:
-            result["uneven_error"] = str(err)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -222,9 +216,7 @@ def test_ddp_gathered_loss_matches_single_process(two_rank_results: list[dict], 
     assert abs(local_loss.item() - ref_loss.item()) > 1e-6
 
 
-def test_ddp_gather_order_and_uneven_error(two_rank_results: list[dict]) -> None:
+def test_ddp_gather_keeps_rank_order(two_rank_results: list[dict]) -> None:
     expected = torch.cat([torch.full((2, 3), float(r)) for r in range(WORLD)])
     for rank in range(WORLD):
         assert torch.equal(two_rank_results[rank]["gathered"], expected)
-        msg = two_rank_results[rank]["uneven_error"]
-        assert msg is not None and "(3, 5)" in msg and "(4, 5)" in msg and "batch size" in msg

@@ -72,6 +72,8 @@ def test_rand_time_init_differs_from_vit_on_multi_frame():
     assert torch.count_nonzero(a.blocks[0].timeattn.qkv.weight) == 0
     assert torch.all(a.blocks[0].timeattn.proj.weight == 1)
     assert torch.count_nonzero(b.blocks[0].timeattn.qkv.weight) > 0
+    assert torch.count_nonzero(a.temporal_embed) == 0  # the image model's start
+    assert b.temporal_embed.std() > 0.005  # frame order visible from the first step
 
 
 def test_fewer_frames_use_first_temporal_rows_and_more_frames_fail():

@@ -61,7 +61,7 @@ class TextVideoDataset(Dataset):
         mode: Optional[str] = None,
         num_threads: int = 1,
         max_skip_attempts: int = 100,
-        decode_backend: str = "auto",
+        decode_backend: str = "pyav",
     ):
         self.root = Path(root)
         if not self.root.is_dir():

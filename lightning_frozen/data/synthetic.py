@@ -1,8 +1,7 @@
 """Synthetic text-video data written in the real MSR-VTT, WebVid and CC3M layouts.
 
 Each clip shows a coloured shape on a coloured background moving left, right, up or
-down; it starts at a random position and wraps around the frame, so no single frame
-tells the direction: a one-frame model can match colour and shape, only a multi-frame
+down along a path centred in the frame, so no single frame tells the direction: a one-frame model can match colour and shape, only a multi-frame
 model can also match the direction. Captions name colour, shape and direction in
 varied wording. Files are real H.264 mp4s (and JPEGs for CC3M), so the whole reading
 pipeline runs on them. Generation is deterministic given the seed.
@@ -33,7 +32,7 @@ from .encode import write_video
 
 LAYOUTS = ("msrvtt", "webvid", "cc3m")
 MANIFEST = "synthetic.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 3
 MSRVTT_CAPTIONS_PER_VIDEO = 20
 BROKEN_KINDS = ("missing", "empty", "truncated", "not_video")
 
@@ -47,6 +46,8 @@ COLOURS = {
     "orange": (250, 140, 20),
     "black": (15, 15, 15),
 }
+FOREGROUNDS = ("white", "yellow", "orange", "green", "red")
+BACKGROUNDS = ("black", "blue", "purple")
 SHAPES = {
     "circle": ("circle", "disc", "ball", "round shape", "dot"),
     "square": ("square", "box", "block", "square shape"),
@@ -100,11 +101,19 @@ class SyntheticParams:
     fps: float
     seed: int
     broken: bool
+    num_colours: int = len(FOREGROUNDS)
+    num_shapes: int = len(SHAPES)
 
 
-def random_spec(rng: np.random.Generator) -> ClipSpec:
-    fg, bg = rng.choice(list(COLOURS), size=2, replace=False)
-    return ClipSpec(str(fg), str(bg), str(rng.choice(list(SHAPES))), str(rng.choice(list(DIRECTIONS))))
+def random_spec(rng: np.random.Generator, num_colours: int = len(FOREGROUNDS), num_shapes: int = len(SHAPES)) -> ClipSpec:
+    """A bright shape on a dark background, so motion shows the same way in every colour pair.
+
+    Few colours and shapes make clips that differ only in direction common: then only a
+    multi-frame model can tell them apart."""
+    fg = rng.choice(FOREGROUNDS[:num_colours])
+    bg = rng.choice(BACKGROUNDS[:num_colours])
+    shape = rng.choice(list(SHAPES)[:num_shapes])
+    return ClipSpec(str(fg), str(bg), str(shape), str(rng.choice(list(DIRECTIONS))))
 
 
 def caption(spec: ClipSpec, rng: np.random.Generator, moving: bool = True) -> str:
@@ -132,22 +141,25 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np
 def render_clip(
     spec: ClipSpec, num_frames: int, size: tuple[int, int], rng: np.random.Generator
 ) -> np.ndarray:
-    """RGB uint8 frames (F, H, W, 3): the shape crosses about half the frame, wrapping."""
+    """RGB uint8 frames (F, H, W, 3): the shape travels 40% of the frame in its direction.
+
+    The path is centred in the frame up to a small random offset, so the shape sits at the
+    same places (in the other order) whichever way it moves: one frame cannot tell the
+    direction, the order of frames can.
+    """
     height, width = size
     radius = min(height, width) / 5
     (step_y, step_x) = DIRECTIONS[spec.direction][0]
-    extent = height if step_y else width
-    speed = extent / 2 / max(num_frames - 1, 1)
-    start_y, start_x = rng.uniform(0, height), rng.uniform(0, width)
-    t = np.arange(num_frames, dtype=np.float64)[:, None, None]
+    travel_y, travel_x = 0.4 * height * step_y, 0.4 * width * step_x
+    slack_y = max(0.0, height - 2 * radius - abs(travel_y))
+    slack_x = max(0.0, width - 2 * radius - abs(travel_x))
+    # centre of the path, uniform over the positions that keep the shape inside the frame
+    mid_y = height / 2 + rng.uniform(-slack_y / 2, slack_y / 2)
+    mid_x = width / 2 + rng.uniform(-slack_x / 2, slack_x / 2)
+    t = (np.arange(num_frames, dtype=np.float64) / max(num_frames - 1, 1) - 0.5)[:, None, None]
     ys = np.arange(height, dtype=np.float64)[None, :, None]
     xs = np.arange(width, dtype=np.float64)[None, None, :]
-    centre_y = start_y + step_y * speed * t
-    centre_x = start_x + step_x * speed * t
-    # Toroidal offsets: the shape re-enters on the opposite side.
-    dy = (ys - centre_y + height / 2) % height - height / 2
-    dx = (xs - centre_x + width / 2) % width - width / 2
-    mask = _shape_mask(spec.shape, dy, dx, radius)
+    mask = _shape_mask(spec.shape, ys - (mid_y + travel_y * t), xs - (mid_x + travel_x * t), radius)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     frames[:] = COLOURS[spec.background]
     frames[mask] = COLOURS[spec.foreground]
@@ -166,9 +178,12 @@ class _Writer:
     def rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng([self.params.seed, *key])
 
+    def spec(self, rng: np.random.Generator) -> ClipSpec:
+        return random_spec(rng, self.params.num_colours, self.params.num_shapes)
+
     def video(self, relative: str, key: tuple[int, ...]) -> ClipSpec:
         rng = self.rng(*key)
-        spec = random_spec(rng)
+        spec = self.spec(rng)
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         frames = render_clip(spec, self.params.num_frames_per_video, self.params.size, rng)
@@ -182,7 +197,7 @@ class _Writer:
         from PIL import Image
 
         rng = self.rng(*key)
-        spec = random_spec(rng)
+        spec = self.spec(rng)
         path = self.root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         frame = render_clip(spec, 1, self.params.size, rng)[0]
@@ -221,7 +236,7 @@ def _write_msrvtt(w: _Writer) -> None:
             video_id = f"video{len(ids) + k}"
             broken_ids.append(video_id)
             w.broken_file(f"videos/all/{video_id}.mp4", kind, (2, k))
-            spec = random_spec(w.rng(3, k))
+            spec = w.spec(w.rng(3, k))
             _annotate(w, video_id, spec, (4, k), annotations, images)
     caption_rng = w.rng(5)
     for video_id in test + broken_ids:
@@ -281,7 +296,7 @@ def _write_webvid(w: _Writer) -> None:
             else:
                 k = i - count
                 w.broken_file(relative, BROKEN_KINDS[k], (20 + split_key, k))
-                spec = random_spec(w.rng(30 + split_key, k))
+                spec = w.spec(w.rng(30 + split_key, k))
             rows.append({
                 "videoid": videoid,
                 "contentUrl": f"https://example.com/synthetic/{videoid}.mp4",
@@ -311,7 +326,7 @@ def _write_cc3m(w: _Writer) -> None:
             else:
                 k = i - count
                 w.broken_file(relative, BROKEN_KINDS[k], (60 + split_key, k), image=True)
-                spec = random_spec(w.rng(70 + split_key, k))
+                spec = w.spec(w.rng(70 + split_key, k))
             rows.append({"caption": caption(spec, w.rng(80 + split_key, i), moving=False), "thumbnailUrl": url})
         table = pd.DataFrame(rows)
         table.to_csv(w.root / "metadata" / METADATA_NAMES[split], sep="\t", index=False)
@@ -356,18 +371,21 @@ def _manifest(params: SyntheticParams, files: list[str], broken: list[dict]) -> 
 def make_synthetic_dataset(
     root: Union[str, os.PathLike],
     layout: str = "msrvtt",
-    num_train: int = 300,
+    num_train: int = 600,
     num_test: int = 100,
     num_frames_per_video: int = 20,
     size: Sequence[int] = (80, 80),
     fps: float = 10.0,
     seed: int = 0,
     broken: bool = False,
+    num_colours: int = 3,
+    num_shapes: int = 2,
 ) -> Path:
     """Write a synthetic dataset in ``layout``'s real on-disk layout; return its root.
 
-    ``size`` is (height, width), both even. Reuses a finished root made with the same
-    parameters; refuses a root that holds anything else.
+    ``size`` is (height, width), both even. ``num_colours`` (1-5: foreground colours, and up to 3
+    background colours) and ``num_shapes`` (1-4) limit the palette. Reuses a finished root made with the same parameters; refuses a
+    root that holds anything else.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -376,8 +394,11 @@ def make_synthetic_dataset(
         raise ValueError(f"size must be even and at least 16 px, got {tuple(size)}")
     if num_train < 1 or num_test < 1 or num_frames_per_video < 1:
         raise ValueError("num_train, num_test and num_frames_per_video must all be >= 1")
+    if not (1 <= num_colours <= len(FOREGROUNDS) and 1 <= num_shapes <= len(SHAPES)):
+        raise ValueError(f"num_colours must be 1-{len(FOREGROUNDS)} and num_shapes 1-{len(SHAPES)}, "
+                         f"got {num_colours} and {num_shapes}")
     params = SyntheticParams(layout, num_train, num_test, num_frames_per_video,
-                             (height, width), float(fps), seed, bool(broken))
+                             (height, width), float(fps), seed, bool(broken), num_colours, num_shapes)
     root = Path(root)
     if _check_existing(root, params):
         return root
@@ -412,13 +433,15 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     )
     parser.add_argument("--root", required=True, help="folder to create (new or empty)")
     parser.add_argument("--layout", choices=LAYOUTS, default="msrvtt")
-    parser.add_argument("--num-train", type=int, default=300)
+    parser.add_argument("--num-train", type=int, default=600)
     parser.add_argument("--num-test", type=int, default=100)
     parser.add_argument("--num-frames", type=int, default=20, help="frames per video")
     parser.add_argument("--size", type=int, nargs=2, default=(80, 80), metavar=("H", "W"))
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--broken", action="store_true", help="add missing/empty/truncated/non-video entries")
+    parser.add_argument("--colours", type=int, default=3, help="colours per role, 1-5 (few: direction matters)")
+    parser.add_argument("--shapes", type=int, default=2, help="number of shapes (1-4)")
     return parser
 
 
@@ -426,7 +449,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
     root = make_synthetic_dataset(
         args.root, args.layout, args.num_train, args.num_test, args.num_frames,
-        tuple(args.size), args.fps, args.seed, args.broken,
+        tuple(args.size), args.fps, args.seed, args.broken, args.colours, args.shapes,
     )
     print(f"synthetic {args.layout} dataset ready at {root}")
     return root

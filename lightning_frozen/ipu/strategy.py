@@ -17,8 +17,7 @@ gradient accumulation, i.e. ``device_iterations`` optimizer steps on the device.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from lightning_fabric.plugins import CheckpointIO
@@ -75,11 +74,7 @@ def _unflatten(keys: BatchKeys, tensors: tuple[Tensor, ...]) -> dict:
 
 def training_loss(module: nn.Module, batch: dict) -> Tensor:
     """The summed loss of one (possibly joint) batch, without logging (it runs on the device)."""
-    if hasattr(module, "training_loss"):
-        return module.training_loss(batch)
-    if "video" in batch:
-        return module.compute_loss(batch)
-    return sum(module.compute_loss(sub) for _, sub in sorted(batch.items()))
+    return module.training_loss(batch)
 
 
 def _only_frames_changed(before: list[tuple[int, ...]], after: list[tuple[int, ...]]) -> bool:
@@ -120,24 +115,6 @@ class _EncodeStep(nn.Module):
     def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         text_emb, video_emb = self.model(video, input_ids, attention_mask)
         return text_emb, video_emb
-
-
-@contextmanager
-def _precomputed(model: nn.Module, text_emb: Tensor, video_emb: Tensor) -> Iterator[None]:
-    """Make the host model answer with embeddings the device computed, so the module's own
-    evaluation code (metrics, logging) runs unchanged on the host."""
-    saved = {name: model.__dict__.get(name) for name in ("encode_text", "encode_video", "forward")}
-    model.encode_text = lambda *a, **k: text_emb  # type: ignore[method-assign]
-    model.encode_video = lambda *a, **k: video_emb  # type: ignore[method-assign]
-    model.forward = lambda *a, **k: (text_emb, video_emb)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                model.__dict__.pop(name, None)
-            else:
-                model.__dict__[name] = value
 
 
 class IPUStrategy(Strategy):
@@ -436,20 +413,14 @@ class IPUStrategy(Strategy):
         text_emb, video_emb = executor(*tensors)
         return text_emb[:n].float(), video_emb[:n].float()
 
-    def _evaluate(self, hook: str, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        module = self.lightning_module
-        text_emb, video_emb = self._encode(batch)
-        with _precomputed(self._frozen_model(), text_emb, video_emb):
-            return getattr(module, hook)(batch, *args, **kwargs)
-
     def validation_step(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._evaluate("validation_step", batch, *args, **kwargs)
+        self.lightning_module.update_retrieval("val", batch, *self._encode(batch))
 
     def test_step(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._evaluate("test_step", batch, *args, **kwargs)
+        self.lightning_module.update_retrieval("test", batch, *self._encode(batch))
 
     def predict_step(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._evaluate("predict_step", batch, *args, **kwargs)
+        return self.lightning_module.predictions(batch, *self._encode(batch))
 
     # ------------------------------------------------------ weights and teardown
     def sync_host_weights(self) -> None:

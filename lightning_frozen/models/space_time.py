@@ -177,9 +177,13 @@ class SpaceTimeTransformer(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if time_init == "zeros":
-            # Time attention starts as the identity (its output is zero), so the model
-            # begins as the image ViT it was initialised from.
+        if time_init == "rand":
+            # Frame order only enters through the temporal embedding: at zero every frame
+            # looks alike and the model starts (and long stays) blind to motion direction.
+            trunc_normal_(self.temporal_embed, std=0.02)
+        else:
+            # Time attention starts as the identity (its output is zero) and the temporal
+            # embedding at zero, so the model begins as the image ViT it was initialised from.
             for block in self.blocks:
                 nn.init.zeros_(block.timeattn.qkv.weight)
                 nn.init.zeros_(block.timeattn.qkv.bias)
