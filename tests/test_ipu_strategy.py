@@ -118,26 +118,24 @@ def test_validation_uses_inference_executor_with_training_weights():
     run = trainer(accelerator="ipu", devices=2, strategy=strategy, max_steps=2, limit_val_batches=None,
                   val_check_interval=1, check_val_every_n_epoch=None)
     seen = []
-    original = FrozenModule.validation_step
+    original = FrozenModule.update_retrieval
 
-    def spy(self, batch, batch_idx):
-        # the embeddings the module sees come from the device; compare with a host forward
+    def spy(self, stage, batch, text_emb, video_emb):
+        # the embeddings the metric receives come from the device; compare with a host forward
         infer = strategy._infer_exec
         assert infer is not None and infer.isAttached() and not strategy._train_exec.isAttached()
         with torch.no_grad():
-            host_text, host_video = type(self.model).forward(self.model, batch["video"], batch["input_ids"],
-                                                             batch["attention_mask"])
-        dev_text, dev_video = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
-        seen.append((self.global_step, torch.allclose(dev_text, host_text, atol=1e-5),
-                     torch.allclose(dev_video, host_video, atol=1e-5),
+            host_text, host_video = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+        seen.append((self.global_step, torch.allclose(text_emb, host_text, atol=1e-5),
+                     torch.allclose(video_emb, host_video, atol=1e-5),
                      {k: v.clone() for k, v in self.model.state_dict().items()}))
-        return original(self, batch, batch_idx)
+        return original(self, stage, batch, text_emb, video_emb)
 
-    FrozenModule.validation_step = spy
+    FrozenModule.update_retrieval = spy
     try:
         run.fit(module, loader(8, 2), loader(5, 2))  # 5 samples: the last combined batch is padded
     finally:
-        FrozenModule.validation_step = original
+        FrozenModule.update_retrieval = original
     assert [s[0] for s in seen] == [1, 1, 2, 2]
     assert all(s[1] and s[2] for s in seen)
     # the weights used at step 1 differ from those at step 2: training weights reached the inference executor

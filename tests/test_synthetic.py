@@ -88,7 +88,9 @@ def test_clips_move_in_their_direction(direction):
     assert abs(centres[-1] - centres[0]) == pytest.approx(0.4 * 40, abs=1.5)  # 40% of the frame
     other = [centre(m, 1 - axis) for m in masks]
     assert np.ptp(other) < 0.5  # no drift across the motion (pixel rounding only)
-    assert all(m.sum() == masks[0].sum() for m in masks)  # always whole: it never leaves the frame
+    # always whole (it never leaves the frame): the area changes only by pixel rounding
+    assert all(abs(int(m.sum()) - int(masks[0].sum())) <= 0.15 * masks[0].sum() for m in masks)
+    assert not masks[:, 0].any() and not masks[:, -1].any() and not masks[:, :, 0].any() and not masks[:, :, -1].any()
 
 
 def test_one_frame_does_not_reveal_direction():
