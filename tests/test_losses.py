@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-import socket
 from pathlib import Path
 
 import pytest
@@ -165,8 +164,8 @@ def _step(model: _Encoders, x_text: torch.Tensor, x_video: torch.Tensor, loss_fn
     return loss.detach(), grads
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    url = f"tcp://127.0.0.1:{port}"
+def _worker(rank: int, out_dir: str) -> None:
+    url = f"file://{Path(out_dir) / 'rendezvous'}"  # a file, not a port: nothing to race for
     # A short collective timeout turns a hang (e.g. mismatched collectives) into an error.
     dist.init_process_group(
         "gloo", init_method=url, rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
@@ -188,16 +187,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(out),), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

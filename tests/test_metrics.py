@@ -1,7 +1,6 @@
 """Retrieval metrics: hand-computed ranks, masks, ties, torchmetrics agreement, DDP sync."""
 from __future__ import annotations
 
-import socket
 import statistics
 from datetime import timedelta
 from pathlib import Path
@@ -290,8 +289,8 @@ def test_format_metrics_table() -> None:
 
 
 # ---------------------------------------------------------------- DDP sync (two gloo ranks)
-def _metric_worker(rank: int, port: int, out_dir: str) -> None:
-    url = f"tcp://127.0.0.1:{port}"
+def _metric_worker(rank: int, out_dir: str) -> None:
+    url = f"file://{Path(out_dir) / 'rendezvous'}"  # a file, not a port: nothing to race for
     dist.init_process_group(
         "gloo", init_method=url, rank=rank, world_size=2, timeout=timedelta(seconds=120)
     )
@@ -311,10 +310,7 @@ def _metric_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_retrieval_metrics_syncs_across_ranks(tmp_path: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_metric_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_metric_worker, args=(str(tmp_path),), nprocs=2, join=True)
     text, video = _embeddings(n=7, k=2, seed=5)
     ref = _one_shot(text, video)
     for rank in range(2):
