@@ -153,7 +153,10 @@ def test_unknown_group_is_rejected():
 
 
 def test_good_map_with_replication_validates(model):
-    pipeline.validate(StageMap.from_config(GOOD), model, num_ipus=16, replication_factor=2)
+    stage_map = StageMap.from_config(GOOD)
+    assert pipeline.validate(stage_map, model, num_ipus=16, replication_factor=2) is None  # no error
+    with pytest.raises(StageMapError, match="out of range.*set trainer.devices: 16"):
+        pipeline.validate(stage_map, model, num_ipus=8, replication_factor=2)
 
 
 def test_apply_places_blocks_and_checkpoints_in_execution_order():
