@@ -11,6 +11,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
+from .data.collate import named_batches
 from .losses import MaxMarginRankingLoss, NormSoftmaxLoss, global_contrastive_loss
 from .metrics import RetrievalMetrics, format_metrics_table
 from .models import FrozenInTime, TextConfig, VideoConfig, load_checkpoint
@@ -18,10 +19,6 @@ from .models.checkpoint import TemporalFix
 
 # Parameters without weight decay: norms and biases (1-D) and learned embeddings.
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "temporal_embed", "_embeddings.")
-
-
-def _is_single_batch(batch: Any) -> bool:
-    return isinstance(batch, dict) and "video" in batch
 
 
 class FrozenModule(pl.LightningModule):
@@ -90,9 +87,8 @@ class FrozenModule(pl.LightningModule):
 
     def dataset_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss per training dataset of a single or joint (name -> batch) step."""
-        batches = {"train": batch} if _is_single_batch(batch) else batch
         # None: a shorter dataset under CombinedLoader's min_size/sequential modes
-        return {name: self.compute_loss(one) for name, one in batches.items() if one is not None}
+        return {name: self.compute_loss(one) for name, one in named_batches(batch).items() if one is not None}
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         """The summed loss of a step, without logging (what an IPU runs on the device)."""
@@ -100,8 +96,7 @@ class FrozenModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses = self.dataset_losses(batch)
-        sizes = {name: len(b["video"]) for name, b in ({"train": batch} if _is_single_batch(batch) else batch).items()
-                 if b is not None}
+        sizes = {name: len(b["video"]) for name, b in named_batches(batch).items() if b is not None}
         if len(losses) > 1:
             for name, loss in losses.items():
                 self.log(f"train/loss_{name}", loss, batch_size=sizes[name])

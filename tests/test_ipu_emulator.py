@@ -63,7 +63,7 @@ def test_training_steps_once_per_accumulation_cycle_per_device_iteration(iters, 
 
 
 def test_output_modes_return_what_poptorch_returns():
-    iters, repl, accum, micro = 4, 2, 1, 3
+    iters, repl, micro = 4, 2, 3
     x = torch.randn(iters * repl * micro, 3)
     model = Regressor()
     expected = model.b(torch.tanh(model.a(x))).squeeze(-1).detach()  # inference: no update

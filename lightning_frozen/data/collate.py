@@ -31,6 +31,17 @@ __all__ = ["TextVideoCollator"]
 _PADDING_MODES = ("longest", "max_length")
 
 
+
+def is_single_batch(batch: Any) -> bool:
+    """A collated batch (has ``video``), as opposed to a joint ``{dataset name: batch}`` dict."""
+    return isinstance(batch, dict) and "video" in batch
+
+
+def named_batches(batch: Any) -> Dict[str, Any]:
+    """A step's batch as ``{dataset name: batch}`` (a single batch is named "train")."""
+    return {"train": batch} if is_single_batch(batch) else batch
+
+
 class TextVideoCollator:
     """Picklable ``collate_fn`` for text-video items (see the module docstring).
 

@@ -58,7 +58,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from .collate import TextVideoCollator
+from .collate import TextVideoCollator, is_single_batch
 from .transforms import VideoTransform
 
 __all__ = ["FrozenDataModule", "dataset_names"]
@@ -115,10 +115,6 @@ class _EpochStartDataLoader(DataLoader):
         if self.on_start is not None:
             self.on_start()
         return super().__iter__()
-
-
-def _is_single_batch(batch: Any) -> bool:
-    return isinstance(batch, dict) and "video" in batch
 
 
 class FrozenDataModule(pl.LightningDataModule):
@@ -289,9 +285,9 @@ class FrozenDataModule(pl.LightningDataModule):
     def transform_batch(self, batch: Dict[str, Any], train: bool) -> Dict[str, Any]:
         """Augment (``train``) or resize/crop the ``video`` of a batch or of a ``{name: batch}`` dict."""
         transform = self.train_transform if train else self.eval_transform
-        if _is_single_batch(batch):
+        if is_single_batch(batch):
             return {**batch, "video": transform(batch["video"])}
-        if isinstance(batch, dict) and batch and all(_is_single_batch(b) for b in batch.values()):
+        if isinstance(batch, dict) and batch and all(is_single_batch(b) for b in batch.values()):
             return {name: {**b, "video": transform(b["video"])} for name, b in batch.items()}
         raise TypeError(
             "FrozenDataModule expects a batch dict with a 'video' key or a {name: batch} dict of them; "

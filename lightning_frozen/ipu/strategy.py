@@ -72,11 +72,6 @@ def _unflatten(keys: BatchKeys, tensors: tuple[Tensor, ...]) -> dict:
     return out
 
 
-def training_loss(module: nn.Module, batch: dict) -> Tensor:
-    """The summed loss of one (possibly joint) batch, without logging (it runs on the device)."""
-    return module.training_loss(batch)
-
-
 def _only_frames_changed(before: list[tuple[int, ...]], after: list[tuple[int, ...]]) -> bool:
     """True when the shapes differ only in dimension 1 of 5-d video tensors [B, F, 3, H, W]."""
     if len(before) != len(after):
@@ -101,7 +96,7 @@ class _TrainStep(nn.Module):
         self._poptorch = poptorch
 
     def forward(self, *tensors: Tensor) -> Tensor:
-        loss = training_loss(self.module, _unflatten(self.keys, tensors))
+        loss = self.module.training_loss(_unflatten(self.keys, tensors))  # no logging on the device
         return self._poptorch.identity_loss(loss, reduction="none")
 
 
