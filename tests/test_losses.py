@@ -183,6 +183,7 @@ def _worker(rank: int, out_dir: str) -> None:
         # Rows are concatenated in rank order.
         result["gathered"] = gather_with_grad(torch.full((2, 3), float(rank)))
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # both ranks done communicating before gloo tears down (else a teardown abort)
     finally:
         dist.destroy_process_group()
 

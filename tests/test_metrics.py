@@ -305,6 +305,7 @@ def _metric_worker(rank: int, out_dir: str) -> None:
             metric.update(text[chunk], video[chunk], video_ids=ids[chunk])
         values = {k: float(v) for k, v in metric.compute().items()}
         torch.save(values, Path(out_dir) / f"m{rank}.pt")
+        dist.barrier()  # both ranks done communicating before gloo tears down (else a teardown abort)
     finally:
         dist.destroy_process_group()
 
