@@ -32,6 +32,9 @@ class FrozenModule(pl.LightningModule):
         temperature: NormSoftmax temperature.
         margin: MaxMargin margin.
         lr: peak learning rate of AdamW.
+        text_lr: peak learning rate of the text tower's own weights (its projection uses `lr`);
+            None uses `lr`. A pretrained text tower next to a video tower trained from scratch
+            wants a smaller one, or it forgets what its words mean before the video side learns.
         weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
         warmup_steps: linear warm-up steps.
         schedule: "constant" after warm-up, or "cosine" decay to 0 over the run.
@@ -49,6 +52,7 @@ class FrozenModule(pl.LightningModule):
         temperature: float = 0.05,
         margin: float = 0.2,
         lr: float = 1e-4,
+        text_lr: Optional[float] = None,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
         schedule: Literal["constant", "cosine"] = "constant",
@@ -159,18 +163,23 @@ class FrozenModule(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
+        """AdamW groups: decay / no decay, and the text tower apart when `text_lr` is set."""
+        text_lr = self.hparams.text_lr
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
-            if param.ndim <= 1 or any(key in name for key in _NO_DECAY_NAMES):
-                no_decay.append(param)
-            else:
-                decay.append(param)
-        return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            no_decay = param.ndim <= 1 or any(key in name for key in _NO_DECAY_NAMES)
+            in_text = text_lr is not None and name.startswith("text_model.")
+            groups.setdefault((in_text, no_decay), []).append(param)
+        out = []
+        for in_text in (False, True):
+            for no_decay in (False, True):
+                if (in_text, no_decay) in groups:
+                    out.append({"params": groups[(in_text, no_decay)],
+                                "weight_decay": 0.0 if no_decay else self.hparams.weight_decay,
+                                "lr": text_lr if in_text else self.hparams.lr})
+        return out
 
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Multiplier of the peak learning rate at `step`."""

@@ -27,6 +27,27 @@ def test_text_embedding_is_first_token_projected(tiny_model):
     torch.testing.assert_close(tiny_model.encode_text(ids, mask), expected)
 
 
+def test_mean_pooling_averages_real_tokens_and_ignores_padding(tiny_text, text_dir):
+    torch.manual_seed(0)
+    model = FrozenInTime(video=dict(TINY_VIDEO), text=dict(tiny_text, pooling="mean"), projection_dim=16).eval()
+    tok = build_tokenizer(text_dir)
+    short, long = "a disc rising", "a yellow square drifting to the left over a purple background"
+    batch = tok([short, long], padding=True, return_tensors="pt")
+    alone = tok([short], return_tensors="pt")
+    assert batch["input_ids"].shape[1] > alone["input_ids"].shape[1]  # the short caption is padded in the batch
+    with torch.no_grad():
+        hidden = model.text_model(**alone).last_hidden_state
+        expected = model.txt_proj(hidden[0].mean(0, keepdim=True))
+        torch.testing.assert_close(model.encode_text(alone["input_ids"], alone["attention_mask"]), expected)
+        padded = model.encode_text(batch["input_ids"], batch["attention_mask"])[:1]
+    torch.testing.assert_close(padded, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_pooling_fails_by_name(tiny_text):
+    with pytest.raises(ValueError, match="pooling"):
+        FrozenInTime(video=dict(TINY_VIDEO), text=dict(tiny_text, pooling="max"), projection_dim=16)
+
+
 def test_presets_and_overrides():
     assert VideoConfig().geometry() == dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
     assert VideoConfig(arch="base_patch32_224", depth=4).geometry()["patch_size"] == 32

@@ -102,6 +102,20 @@ def test_parameter_groups_exclude_norms_biases_embeddings(tiny_text):
     assert len(decay_names) + len(no_decay_names) == len(list(module.model.parameters()))
 
 
+def test_text_lr_gives_the_text_tower_its_own_groups(tiny_text):
+    module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, lr=1e-3, text_lr=1e-4)
+    groups = module.parameter_groups()
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    by_lr: dict[float, set[str]] = {}
+    for group in groups:
+        by_lr.setdefault(group["lr"], set()).update(names[id(p)] for p in group["params"])
+    assert set(by_lr) == {1e-3, 1e-4}
+    assert by_lr[1e-4] == {n for n in names.values() if n.startswith("text_model.")}
+    assert "txt_proj.1.weight" in by_lr[1e-3] and "video_model.pos_embed" in by_lr[1e-3]
+    assert sum(len(g["params"]) for g in groups) == len(list(module.model.parameters()))
+    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == [(1e-4, 0.0), (1e-4, 0.01), (1e-3, 0.0), (1e-3, 0.01)]
+
+
 def test_lr_schedule_warmup_then_cosine(tiny_text):
     module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, warmup_steps=4, schedule="cosine")
     factors = [module.lr_factor(step, 12) for step in range(13)]

@@ -76,6 +76,20 @@ def test_rand_time_init_differs_from_vit_on_multi_frame():
     assert b.temporal_embed.std() > 0.005  # frame order visible from the first step
 
 
+def test_pos_init_std_sets_spatial_and_temporal_embedding_scale():
+    torch.manual_seed(0)
+    default = SpaceTimeTransformer(img_size=64, patch_size=16, embed_dim=64, depth=1, num_heads=2, time_init="rand")
+    large = SpaceTimeTransformer(img_size=64, patch_size=16, embed_dim=64, depth=1, num_heads=2, time_init="rand",
+                                 pos_init_std=0.5)
+    assert default.pos_embed.std().item() == pytest.approx(0.02, rel=0.15)
+    assert default.temporal_embed.std().item() == pytest.approx(0.02, rel=0.15)
+    assert large.pos_embed.std().item() == pytest.approx(0.5, rel=0.15)
+    assert large.temporal_embed.std().item() == pytest.approx(0.5, rel=0.15)
+    assert large.cls_token.std().item() == pytest.approx(0.02, rel=0.3)  # only the position embeddings change
+    zeros = SpaceTimeTransformer(img_size=64, patch_size=16, embed_dim=64, depth=1, num_heads=2, pos_init_std=0.5)
+    assert torch.count_nonzero(zeros.temporal_embed) == 0  # "zeros" keeps the image model's start
+
+
 def test_fewer_frames_use_first_temporal_rows_and_more_frames_fail():
     torch.manual_seed(0)
     model = SpaceTimeTransformer(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, num_frames=4).eval()

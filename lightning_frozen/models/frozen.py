@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,7 +13,27 @@ from .text import build_text_model, transformer_layers
 
 @dataclass
 class VideoConfig:
-    """Video tower. `arch` picks a published geometry; any geometry field given overrides it."""
+    """Video tower. `arch` picks a published geometry; any geometry field given overrides it.
+
+    Attributes:
+        arch: published geometry ("base_patch16_224", "base_patch32_224") or null for a custom one.
+        img_size: input height and width in pixels.
+        patch_size: patch side in pixels.
+        embed_dim: token width.
+        depth: number of space-time blocks.
+        num_heads: attention heads per block.
+        num_frames: frames the temporal embedding holds (clips may have fewer).
+        time_init: "zeros" starts time attention as the identity (from image weights); "rand" draws it.
+        pos_init_std: std of the spatial (and, with time_init "rand", temporal) position embeddings
+            at init; ViT's 0.02 suits long runs, a short run from scratch learns position and
+            motion far sooner with about 0.5.
+        drop_rate: dropout after embeddings and in MLPs.
+        attn_drop_rate: attention dropout.
+        drop_path_rate: stochastic depth of the last block (linear from 0).
+        grad_checkpointing: recompute each block in backward to save memory.
+        pretrained: ImageNet ViT weights through timm (needs the hub or its cache).
+        pretrained_path: a local ViT state dict (timm key names).
+    """
 
     arch: Optional[str] = "base_patch16_224"
     img_size: Optional[int] = None
@@ -23,12 +43,13 @@ class VideoConfig:
     num_heads: Optional[int] = None
     num_frames: int = 4
     time_init: TimeInit = "zeros"
+    pos_init_std: float = 0.02
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False
-    pretrained: bool = False  # ImageNet ViT weights through timm (needs the hub or its cache)
-    pretrained_path: Optional[str] = None  # a local ViT state dict (timm key names)
+    pretrained: bool = False
+    pretrained_path: Optional[str] = None
 
     def geometry(self) -> dict[str, int]:
         if self.arch is not None and self.arch not in PRESETS:
@@ -45,11 +66,25 @@ class VideoConfig:
 
 @dataclass
 class TextConfig:
-    """Text tower: any Hugging Face encoder by hub id or local directory."""
+    """Text tower: any Hugging Face encoder by hub id or local directory.
+
+    Attributes:
+        name_or_path: hub id, local directory, or "bundled:all-MiniLM-L6-v2".
+        pretrained: load the encoder's weights (false: its architecture, randomly initialised).
+        config_overrides: Hugging Face config fields to change, e.g. {num_hidden_layers: 3}.
+        pooling: the sentence vector. "first" is the first token, as Frozen-in-Time and its
+            published checkpoints use; "mean" averages the real tokens, as sentence-transformers
+            models such as the bundled MiniLM were trained, so their meaning is there from step one.
+    """
 
     name_or_path: str = "distilbert-base-uncased"
     pretrained: bool = True
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    pooling: Literal["first", "mean"] = "first"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("first", "mean"):
+            raise ValueError(f"text.pooling {self.pooling!r} is unknown: use 'first' (published checkpoints) or 'mean'")
 
 
 def _as_config(value: Union[dict, Any, None], cls: type) -> Any:
@@ -76,7 +111,8 @@ class FrozenInTime(nn.Module):
         self.text_config: TextConfig = _as_config(text, TextConfig)
         vc, tc = self.video_config, self.text_config
         self.video_model = SpaceTimeTransformer(
-            **vc.geometry(), num_frames=vc.num_frames, time_init=vc.time_init, drop_rate=vc.drop_rate,
+            **vc.geometry(), num_frames=vc.num_frames, time_init=vc.time_init,
+            pos_init_std=vc.pos_init_std, drop_rate=vc.drop_rate,
             attn_drop_rate=vc.attn_drop_rate, drop_path_rate=vc.drop_path_rate,
             grad_checkpointing=vc.grad_checkpointing,
         )
@@ -95,8 +131,11 @@ class FrozenInTime(nn.Module):
         return transformer_layers(self.text_model)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Tokens -> [B, P]: the first token of the encoder's last hidden state, projected."""
+        """Tokens -> [B, P]: the pooled last hidden state (see `TextConfig.pooling`), projected."""
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.text_config.pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return self.txt_proj((hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0))
         return self.txt_proj(hidden[:, 0])
 
     def encode_video(self, video: Tensor) -> Tensor:

@@ -142,6 +142,7 @@ class SpaceTimeTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         num_frames: int = 4,
         time_init: TimeInit = "zeros",
+        pos_init_std: float = 0.02,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -164,10 +165,13 @@ class SpaceTimeTransformer(nn.Module):
             SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, True, drop_rate, attn_drop_rate, r) for r in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self._init_weights(time_init)
+        self._init_weights(time_init, pos_init_std)
 
-    def _init_weights(self, time_init: TimeInit) -> None:
-        trunc_normal_(self.pos_embed, std=0.02)
+    def _init_weights(self, time_init: TimeInit, pos_init_std: float) -> None:
+        # ViT's 0.02 suits long runs or pretrained weights. A tower trained from scratch for
+        # a few hundred steps learns where and when things are much sooner when the position
+        # embeddings start large enough to stand out from the patch content (the demo: 0.5).
+        trunc_normal_(self.pos_embed, std=pos_init_std)
         trunc_normal_(self.cls_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -180,7 +184,7 @@ class SpaceTimeTransformer(nn.Module):
         if time_init == "rand":
             # Frame order only enters through the temporal embedding: at zero every frame
             # looks alike and the model starts (and long stays) blind to motion direction.
-            trunc_normal_(self.temporal_embed, std=0.02)
+            trunc_normal_(self.temporal_embed, std=pos_init_std)
         else:
             # Time attention starts as the identity (its output is zero) and the temporal
             # embedding at zero, so the model begins as the image ViT it was initialised from.
