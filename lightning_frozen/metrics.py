@@ -12,10 +12,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+from .losses import sim_matrix
 
 __all__ = [
     "t2v_metrics",
@@ -235,10 +236,7 @@ class RetrievalMetrics(Metric):
     def compute(self) -> dict[str, float]:
         text, video, mask = self._gathered()
         n, k, p = text.shape
-        text_n = F.normalize(text.reshape(n * k, p), dim=1, eps=self.eps)
-        video_n = F.normalize(video, dim=1, eps=self.eps)
-        sims = text_n @ video_n.t()
-        return retrieval_metrics(sims, mask.reshape(-1))
+        return retrieval_metrics(sim_matrix(text.reshape(n * k, p), video, self.eps), mask.reshape(-1))
 
 
 def _first_occurrence_sorted(ids: Tensor) -> Tensor:

@@ -86,8 +86,7 @@ class FrozenModule(pl.LightningModule):
     # -- training --------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
         """Contrastive loss of one dataset's batch over the global (all-rank) batch."""
-        text_emb, video_emb = self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
-        return global_contrastive_loss(text_emb, video_emb, self.loss_fn)
+        return global_contrastive_loss(*self.embed_pairs(batch), self.loss_fn)
 
     def dataset_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss per training dataset of a single or joint (name -> batch) step."""
@@ -116,7 +115,7 @@ class FrozenModule(pl.LightningModule):
 
     # -- evaluation ------------------------------------------------------------------------
     def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """(text embeddings, video embeddings) of an evaluation batch."""
+        """(text embeddings, video embeddings) of a batch."""
         return self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
 
     def update_retrieval(self, stage: str, batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Optional, Union
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..losses import sim_matrix
 from .space_time import PRESETS, SpaceTimeTransformer, TimeInit
 from .text import build_text_model, transformer_layers
 
@@ -149,4 +149,4 @@ class FrozenInTime(nn.Module):
     @staticmethod
     def similarity(text_emb: Tensor, video_emb: Tensor) -> Tensor:
         """Cosine similarity matrix [texts, videos]."""
-        return F.normalize(text_emb, dim=-1) @ F.normalize(video_emb, dim=-1).t()
+        return sim_matrix(text_emb, video_emb)

@@ -203,10 +203,12 @@ class SpaceTimeTransformer(nn.Module):
                 "raise video.num_frames (checkpoints inflate with temporal_fix)"
             )
         x = self.patch_embed(video)
-        spatial = self.pos_embed[:, 1:].repeat(1, frames, 1)
-        temporal = self.temporal_embed[:, :frames].repeat_interleave(self.patches_per_frame, dim=1)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        return self.pos_drop(torch.cat([cls, x + spatial + temporal], dim=1))
+        b, _, dim = x.shape
+        # broadcast over frames and patches: no full-size copies of the embeddings
+        x = x.view(b, frames, self.patches_per_frame, dim) + self.pos_embed[:, None, 1:]
+        x = (x + self.temporal_embed[:, :frames, None]).flatten(1, 2)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        return self.pos_drop(torch.cat([cls, x], dim=1))
 
     def forward_features(self, video: Tensor) -> Tensor:
         """All tokens after the final norm, [B, 1 + F*N, D]."""
