@@ -193,6 +193,24 @@ def test_subsample_and_max_samples(msrvtt):
     assert [capped._record_index(i) for i in range(4)] == epoch0
 
 
+def test_persistent_workers_follow_set_epoch(msrvtt):
+    # Workers keep their own copy of the dataset across epochs; the epoch's subset must still
+    # follow set_epoch in the main process.
+    class Undecoded(MSRVTT):  # which records are drawn is the point here, not their pixels
+        def _read(self, path):
+            return torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+
+    capped = Undecoded(msrvtt, split="train", max_samples=4)
+    loader = torch.utils.data.DataLoader(capped, batch_size=4, num_workers=1, persistent_workers=True,
+                                         collate_fn=lambda items: [item["meta"]["id"] for item in items])
+    ids = list(capped.records["id"])
+    for epoch in (0, 1, 2):
+        capped.set_epoch(epoch)
+        (batch,) = list(loader)
+        order = np.random.default_rng([capped.seed, epoch]).permutation(len(ids))[:4]
+        assert batch == [ids[i] for i in order]
+
+
 def test_webvid_layout(webvid):
     ds = WebVid(webvid, split="train", num_frames=2, frame_size=32, max_caption_words=3)
     table = pd.read_csv(webvid / "metadata/results_2M_train.csv", dtype=str)

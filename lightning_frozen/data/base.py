@@ -97,8 +97,10 @@ class TextVideoDataset(Dataset):
                 "check the metadata files and the subsample setting"
             )
         self.max_samples = max_samples
-        self.epoch = 0
-        self._epoch_order: Optional[np.ndarray] = None
+        # Shared memory, like the skip counter: persistent workers keep their copy of the
+        # dataset across epochs, and must still see the epoch the main process sets.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._epoch_order: Optional[tuple[int, np.ndarray]] = None  # (epoch, order), per process
         self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
 
     # --- subclass hooks -------------------------------------------------------------
@@ -133,10 +135,13 @@ class TextVideoDataset(Dataset):
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         self.num_frames = int(num_frames)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
         """Draw a new ``max_samples`` subset for this epoch (call before the loader starts)."""
-        self.epoch = int(epoch)
-        self._epoch_order = None
+        self._epoch[0] = int(epoch)
 
     # --- skip counter -----------------------------------------------------------------
     @property
@@ -176,10 +181,11 @@ class TextVideoDataset(Dataset):
     def _record_index(self, index: int) -> int:
         if self.max_samples is None or self.max_samples >= len(self.records):
             return index
-        if self._epoch_order is None:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            self._epoch_order = rng.permutation(len(self.records))[: self.max_samples]
-        return int(self._epoch_order[index])
+        epoch = self.epoch
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch_order = (epoch, rng.permutation(len(self.records))[: self.max_samples])
+        return int(self._epoch_order[1][index])
 
     # --- items ------------------------------------------------------------------------
     def _text(self, captions: list[str]) -> Union[str, list[str]]:
