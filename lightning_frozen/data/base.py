@@ -13,6 +13,7 @@ forked or spawned workers all add to the same memory without locks, and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -196,7 +197,7 @@ class TextVideoDataset(Dataset):
             return captions[int(torch.randint(len(captions), (1,)))]
         return captions[0]
 
-    @property
+    @functools.cached_property
     def max_captions(self) -> int:
         """k, the caption count of multi-caption items (longest caption list)."""
         return int(self.records["captions"].map(len).max())

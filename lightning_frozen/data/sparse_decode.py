@@ -57,6 +57,8 @@ def decode_sampled_frames(
 
         def decode_gop(packets) -> None:
             here = {position(p.pts) for p in packets} & wanted
+            if not here:
+                return  # no sampled frame in this GOP: skip it undecoded
             for packet in packets:
                 context.skip_frame = "DEFAULT" if position(packet.pts) in wanted else "NONREF"
                 keep(context.decode(packet))
@@ -68,23 +70,18 @@ def decode_sampled_frames(
             context.skip_frame = "DEFAULT"
             context.flush_buffers()
 
-        def needed(packets) -> bool:
-            return any(position(p.pts) in wanted for p in packets)
-
         gop: list = []
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue
             if packet.is_keyframe and gop:
-                if needed(gop):
-                    decode_gop(gop)
-                    if len(found) == len(wanted):
-                        gop = []
-                        break
+                decode_gop(gop)
                 gop = []
+                if len(found) == len(wanted):
+                    break
             gop.append(packet)
-        if gop and needed(gop):
-            decode_gop(gop)
+        else:
+            decode_gop(gop)  # the last GOP
     if len(found) < len(wanted):
         return None
     return np.stack([found[i] for i in indices])

@@ -77,6 +77,7 @@ class VideoTransform(nn.Module):
         self.input_res = input_res
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self._constants: dict = {}
         size = (input_res, input_res)
         if train:
             ops: list[nn.Module] = [
@@ -104,9 +105,16 @@ class VideoTransform(nn.Module):
             x = self.augment(x)
         else:
             x = self.augment(x.reshape(b * f, *x.shape[2:])).reshape(b, f, 3, self.input_res, self.input_res)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 1, 3, 1, 1)
+        mean, std = self._mean_std(x.device, x.dtype)
         return (x - mean) / std
+
+    def _mean_std(self, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Normalisation constants, made once per device: a copy per batch would stall a GPU."""
+        key = (device, dtype)
+        if key not in self._constants:
+            self._constants[key] = tuple(
+                torch.tensor(v, device=device, dtype=dtype).view(1, 1, 3, 1, 1) for v in (self.mean, self.std))
+        return self._constants[key]
 
     def extra_repr(self) -> str:
         return f"train={self.train_mode}, input_res={self.input_res}"
