@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test demo demo-ipu bench clean-demo
+.PHONY: install test demo demo-ipu clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -6,6 +6,8 @@ DataModule switches its frame count and the dataloaders are rebuilt.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ class FrameCurriculum(pl.Callback):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.monitor, self.mode, self.dirpath = monitor, mode, dirpath
+        self._ends = list(itertools.accumulate(s.epochs for s in self.stages))  # first epoch after each stage
         self.best_scores: dict[int, float] = {}
         self.best_paths: dict[int, str] = {}
         self.last_paths: dict[int, str] = {}
@@ -55,26 +58,16 @@ class FrameCurriculum(pl.Callback):
     # -- stage arithmetic ------------------------------------------------------------------
     @property
     def total_epochs(self) -> int:
-        return sum(s.epochs for s in self.stages)
+        return self._ends[-1]
 
     def stage_of_epoch(self, epoch: int) -> int:
-        end = 0
-        for i, stage in enumerate(self.stages):
-            end += stage.epochs
-            if epoch < end:
-                return i
-        return len(self.stages) - 1
+        return min(bisect.bisect_right(self._ends, epoch), len(self.stages) - 1)
 
     def frames_at_epoch(self, epoch: int) -> int:
         return self.stages[self.stage_of_epoch(epoch)].frames
 
     def _is_last_epoch_of_stage(self, epoch: int) -> bool:
-        end = 0
-        for stage in self.stages:
-            end += stage.epochs
-            if epoch == end - 1:
-                return True
-        return False
+        return epoch + 1 in self._ends
 
     def _path(self, trainer: pl.Trainer, index: int, kind: str) -> Path:
         root = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"

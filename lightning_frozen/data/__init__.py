@@ -8,8 +8,11 @@ from .video import VideoReadError, read_frames, read_image, sample_frame_indices
 from .webvid import WebVid
 
 
-# Collation, on-device augmentation and the DataModule load lazily too (kornia, Lightning).
-_DEVICE_SIDE = {
+# Loaded on first use: the command modules (so `python -m lightning_frozen.data.synthetic`
+# runs clean), and collation, on-device augmentation and the DataModule (kornia, Lightning).
+_LAZY = {
+    "make_synthetic_dataset": ".synthetic",
+    "prepare_videos": ".prepare",
     "TextVideoCollator": ".collate",
     "VideoTransform": ".transforms",
     "IMAGENET_MEAN": ".transforms",
@@ -19,17 +22,8 @@ _DEVICE_SIDE = {
 
 
 def __getattr__(name: str):
-    # Command modules load lazily so `python -m lightning_frozen.data.synthetic` runs clean.
-    if name == "make_synthetic_dataset":
-        from .synthetic import make_synthetic_dataset
-
-        return make_synthetic_dataset
-    if name == "prepare_videos":
-        from .prepare import prepare_videos
-
-        return prepare_videos
-    if name in _DEVICE_SIDE:
+    if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_DEVICE_SIDE[name], __name__), name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

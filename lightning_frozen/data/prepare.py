@@ -228,9 +228,9 @@ def _record(summary: PrepareSummary, relative: str, error: Optional[str]) -> Non
         summary.failed[relative] = error
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Arguments of the prepare command (reusable as a cli.py sub-command)."""
-    parser = parser or argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the prepare command."""
+    parser = argparse.ArgumentParser(
         prog="python -m lightning_frozen.data.prepare",
         description="Re-encode a dataset's videos into a mirror folder for fast training.",
     )

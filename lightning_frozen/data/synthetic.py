@@ -425,9 +425,9 @@ def make_synthetic_dataset(
     return root
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Arguments of the synthetic-data command (reusable as a cli.py sub-command)."""
-    parser = parser or argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of the synthetic-data command."""
+    parser = argparse.ArgumentParser(
         prog="python -m lightning_frozen.data.synthetic",
         description="Write a synthetic text-video dataset in a real layout.",
     )
