@@ -1,14 +1,12 @@
 """Which poptorch to use: Graphcore's (from the Poplar SDK) or our CPU emulator.
 
-One place decides, so the accelerator's availability check and the strategy agree, and a
-missing SDK gives one clear error instead of an ImportError deep inside Lightning.
+One place decides, and a missing SDK gives one clear error instead of an ImportError deep
+inside Lightning.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
-
-_EMULATOR_REQUESTED = False
 
 MISSING_POPTORCH = (
     "IPUStrategy needs poptorch, which ships only with Graphcore's Poplar SDK (it is not on PyPI): "
@@ -29,9 +27,7 @@ def poptorch_installed() -> bool:
 
 def load_poptorch(emulator: bool = False) -> ModuleType:
     """The poptorch module to drive: the emulator when asked for, else the real one (or a clear error)."""
-    global _EMULATOR_REQUESTED
     if emulator:
-        _EMULATOR_REQUESTED = True
         from . import emulator as emulated
 
         return emulated
@@ -39,11 +35,6 @@ def load_poptorch(emulator: bool = False) -> ModuleType:
         return importlib.import_module("poptorch")
     except ImportError as err:
         raise ModuleNotFoundError(MISSING_POPTORCH) from err
-
-
-def backend_available() -> bool:
-    """An IPU backend is usable: real poptorch, or an emulator some strategy asked for."""
-    return _EMULATOR_REQUESTED or poptorch_installed()
 
 
 def is_emulator(poptorch: ModuleType) -> bool:

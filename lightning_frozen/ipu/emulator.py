@@ -452,7 +452,6 @@ def BeginBlock(layer: nn.Module, user_id: Optional[str] = None, ipu_id: Optional
 
     handle = layer.register_forward_pre_hook(_pre_hook)
     object.__setattr__(layer, "_emu_begin_block", handle)
-    object.__setattr__(layer, "_emu_block", (user_id, ipu_id))
     return layer
 
 
@@ -637,7 +636,6 @@ class PoplarExecutor:
         self._uploaded_version = -1
         self._attached = False
         self.compile_count = 0
-        self.run_count = 0
         self.last_trace: Optional[_Trace] = None
         self.num_ipus_per_replica = 1
         if training:
@@ -745,7 +743,6 @@ class PoplarExecutor:
                     trainer.copyWeightsToHostIfNeeded()
             if self._uploaded_version != _HOST_WEIGHTS_VERSION[0]:
                 self.copyWeightsToDevice()
-        self.run_count += 1
         return self._run(args, kwargs)
 
     # --- internals
