@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 from lightning_frozen.data.synthetic import DIRECTIONS, random_spec, render_clip  # noqa: E402
 from lightning_frozen.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from lightning_frozen.data.video import sample_frame_indices  # noqa: E402
 from lightning_frozen.models import SpaceTimeTransformer  # noqa: E402
 
 SIZE, CLIP_FRAMES, FRAMES = 64, 20, 4
@@ -66,28 +67,22 @@ def make_clips(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (video - mean) / std, torch.tensor(labels)
 
 
-def frame_indices(rng: Optional[np.random.Generator]) -> list[int]:
-    """One frame per equal segment, in order: random within it (training) or its middle."""
-    edges = np.linspace(0, CLIP_FRAMES, FRAMES + 1)
-    if rng is None:
-        return [int((lo + hi) / 2) for lo, hi in zip(edges[:-1], edges[1:])]
-    return [int(rng.uniform(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:])]
-
-
 def learning_curve(pos_init_std: float, data: tuple, args: argparse.Namespace) -> list[float]:
     (train_x, train_y), (test_x, test_y) = data
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    frame_rng = torch.Generator().manual_seed(args.seed)
     tower = SpaceTimeTransformer(img_size=SIZE, patch_size=16, embed_dim=128, depth=4, num_heads=4,
                                  num_frames=FRAMES, time_init="rand", pos_init_std=pos_init_std)
     head = torch.nn.Linear(tower.embed_dim, len(DIRECTIONS))
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    test_frames = frame_indices(None)
+    test_frames = sample_frame_indices(CLIP_FRAMES, FRAMES, "uniform")
     curve = []
     for step in range(1, args.steps + 1):
         ids = rng.integers(0, len(train_y), args.batch)
-        video = torch.stack([train_x[i, frame_indices(rng)] for i in ids])
+        video = torch.stack([train_x[i, sample_frame_indices(CLIP_FRAMES, FRAMES, "rand", generator=frame_rng)]
+                             for i in ids])
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, step / 50)  # the demo's 50 warm-up steps
         loss = F.cross_entropy(head(tower(video)), train_y[ids])

@@ -14,10 +14,10 @@ from typing import Optional, Sequence
 import torch
 
 from .callbacks import FrameCurriculum
-from .data.synthetic import DIRECTIONS, make_synthetic_dataset
+from .data.synthetic import DIRECTIONS, VIDEO_TEMPLATES, make_synthetic_dataset
 from .models import load_checkpoint
 
-PROBE_TEMPLATE = "a {fg} {shape} {motion} on a {bg} background"
+PROBE_TEMPLATE = VIDEO_TEMPLATES[0]  # "a {fg} {shape} {motion} on a {bg} background"
 
 
 @torch.no_grad()
