@@ -1,44 +1,65 @@
-"""The LightningCLI behind `cli.py`: FrozenModule + FrozenDataModule, configs in `configs/`."""
+"""The `lightning-frozen` command: LightningCLI (fit / validate / test / predict) plus data and IPU tools.
+
+    lightning-frozen fit --config configs/demo.yaml
+    lightning-frozen test --config configs/demo.yaml --ckpt_path runs/demo/.../stage1-4f-best.ckpt
+    lightning-frozen synthetic --root data/synthetic_msrvtt --layout msrvtt
+    lightning-frozen --help          # every subcommand, one line each
+"""
 from __future__ import annotations
 
-from typing import Any, Optional
+import importlib
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
 
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from .lightning_cli import PROG, run_cli
 
-from . import ipu  # noqa: F401  registers `accelerator: ipu` and the IPU strategy names
-from .callbacks import EmbeddingWriter
-from .data.datamodule import FrozenDataModule
-from .module import FrozenModule
-
-
-class FrozenCLI(LightningCLI):
-    """LightningCLI with the text model's tokenizer linked into the DataModule."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.text.name_or_path", "data.tokenizer")
-        parser.add_lightning_class_args(EmbeddingWriter, "embeddings")
-
-
-def _extras_epilog() -> str:
-    import cli as entry  # the top-level script; only present when run from the repository
-
-    return f"More commands: {', '.join(entry.EXTRA_COMMANDS)} (python cli.py <command> --help)."
+# LightningCLI's subcommands (Trainer methods) and ours (a module with `main(argv)`), in --help order.
+TRAINER_COMMANDS = {
+    "fit": "train a model (frame curriculum, checkpoints per stage)",
+    "validate": "retrieval metrics on the validation split",
+    "test": "retrieval metrics on the test split",
+    "predict": "write video and caption embeddings of a dataset to a .pt file",
+}
+TOOL_COMMANDS = {
+    "synthetic": ("lightning_frozen.data.synthetic.cli", "write synthetic data in the MSR-VTT / WebVid / CC3M layout"),
+    "prepare": ("lightning_frozen.data.prepare", "re-encode a dataset's videos into a fast training mirror"),
+    "ipu-plan": ("lightning_frozen.ipu.planner", "per-IPU memory / FLOPs / balance report for a stage map"),
+    "demo": ("lightning_frozen.demo", "synthetic data -> frame curriculum 1->4 -> test table (CPU, minutes)"),
+}
 
 
-def run_cli(args: Optional[list[str]] = None, run: bool = True) -> FrozenCLI:
-    """Parse `args` (default sys.argv) and run the subcommand."""
-    try:
-        epilog = _extras_epilog()
-    except ImportError:
-        epilog = None
-    parser_kwargs: dict[str, Any] = {}
-    if epilog:
-        parser_kwargs["epilog"] = epilog
-    return FrozenCLI(
-        FrozenModule,
-        FrozenDataModule,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=parser_kwargs,
-    )
+def usage() -> str:
+    """`lightning-frozen --help`: every subcommand with one line each."""
+    width = max(map(len, [*TRAINER_COMMANDS, *TOOL_COMMANDS]))
+    lines = [f"usage: {PROG} <command> [options]   ({PROG} <command> --help for its options)", "",
+             "Frozen-in-Time text-video retrieval with PyTorch Lightning.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in TRAINER_COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in TOOL_COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def tool_main(name: str) -> Callable[[Sequence[str]], Any]:
+    """The `main(argv)` of a tool subcommand."""
+    return importlib.import_module(TOOL_COMMANDS[name][0]).main
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Entry point of the installed `lightning-frozen` command (and of `python cli.py`)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if args[0] in TOOL_COMMANDS:
+        result = tool_main(args[0])(args[1:])
+        if isinstance(result, int) and result:
+            raise SystemExit(result)
+        return
+    if args[0] not in TRAINER_COMMANDS and not args[0].startswith("-"):
+        raise SystemExit(f"{PROG}: unknown command {args[0]!r}\n\n{usage()}")
+    run_cli(args)
+
+
+if __name__ == "__main__":
+    main()

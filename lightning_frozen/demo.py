@@ -15,6 +15,7 @@ import torch
 
 from .callbacks import FrameCurriculum
 from .data.synthetic import DIRECTIONS, VIDEO_TEMPLATES, make_synthetic_dataset
+from .lightning_cli import run_cli
 from .models import load_checkpoint
 
 PROBE_TEMPLATE = VIDEO_TEMPLATES[0]  # "a {fg} {shape} {motion} on a {bg} background"
@@ -50,13 +51,11 @@ def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) 
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python cli.py demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lightning-frozen demo", description=__doc__)
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--data", default="data/synthetic_msrvtt",
                         help="synthetic dataset root, made if missing (the config's datasets must point at it)")
     args = parser.parse_args(argv)
-
-    from .cli import run_cli
 
     started = time.time()
     root = make_synthetic_dataset(args.data, "msrvtt")  # the defaults are the demo's dataset

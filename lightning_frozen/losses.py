@@ -15,10 +15,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .similarity import sim_matrix
+
 __all__ = [
     "NormSoftmaxLoss",
     "MaxMarginRankingLoss",
-    "sim_matrix",
     "gather_with_grad",
     "global_contrastive_loss",
     "ContrastiveLoss",
@@ -89,19 +90,6 @@ class MaxMarginRankingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, fix_norm={self.fix_norm}"
-
-
-def sim_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
-    """Cosine similarity of every row of ``a`` [n, d] with every row of ``b`` [m, d].
-
-    Norms are clamped at ``eps`` so an all-zero row gives similarity 0, not NaN.
-    """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"sim_matrix expects two 2-D tensors [n, d] and [m, d] with the same d, got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}; flatten extra dims first."
-        )
-    return F.normalize(a, dim=1, eps=eps) @ F.normalize(b, dim=1, eps=eps).t()
 
 
 def _distributed_world() -> int:

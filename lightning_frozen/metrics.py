@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from .losses import sim_matrix
+from .similarity import sim_matrix
 
 __all__ = [
     "t2v_metrics",

@@ -1,9 +1,10 @@
 """FrozenModule: training, evaluation and embedding export around the FrozenInTime dual encoder."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, is_dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from .data.collate import named_batches
 from .losses import MaxMarginRankingLoss, NormSoftmaxLoss, global_contrastive_loss
 from .metrics import RetrievalMetrics, format_metrics_table
-from .models import FrozenInTime, TextConfig, VideoConfig, load_checkpoint
+from .models import TextConfig, VideoConfig, create_model, load_checkpoint, load_pretrained_towers
 from .models.checkpoint import TemporalFix
 
 # Parameters without weight decay: norms and biases (1-D) and learned embeddings.
@@ -39,7 +40,9 @@ class FrozenModule(pl.LightningModule):
         warmup_steps: linear warm-up steps.
         schedule: "constant" after warm-up, or "cosine" decay to 0 over the run.
         init_from: weights to start from (published .pth.tar, this project's .ckpt or a state dict);
-            the temporal embedding is inflated or cut to video.num_frames.
+            the temporal embedding is inflated or cut to video.num_frames. Without it, the towers'
+            pretrained weights are loaded (``text.pretrained``, ``video.pretrained``). Either is read
+            in ``configure_model``, never when a checkpoint (``ckpt_path``) provides the weights.
         temporal_fix: how init_from inflates the temporal embedding: "zeros", "interp", "bilinear".
     """
 
@@ -61,20 +64,30 @@ class FrozenModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = FrozenInTime(video, text, projection_dim)
-        self.loss_fn: nn.Module = NormSoftmaxLoss(temperature) if loss == "norm_softmax" else MaxMarginRankingLoss(margin)
+        self.model = create_model({"video": video, "text": text, "projection_dim": projection_dim}, pretrained=False)
+        self.loss_fn: nn.Module = (NormSoftmaxLoss(temperature) if loss == "norm_softmax"
+                                   else MaxMarginRankingLoss(margin))
         self.val_metrics = RetrievalMetrics()
         self.test_metrics = RetrievalMetrics()
-        self._init_loaded = False
+        self._initial_weights_ready = False
+        self._cached_total_steps: Optional[int] = None
 
     # -- weights ---------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        # Before Lightning restores a ckpt_path (which then wins), so resuming is unaffected.
-        if self.hparams.init_from and not self._init_loaded:
+    def weights_from_checkpoint(self) -> None:
+        """The run restores a checkpoint (``ckpt_path``): skip ``init_from`` and pretrained towers."""
+        self._initial_weights_ready = True
+
+    def configure_model(self) -> None:
+        # Runs before Lightning restores a ckpt_path, once per module (fit, then test, keeps the weights).
+        if self._initial_weights_ready:
+            return
+        if self.hparams.init_from:
             report = load_checkpoint(self.model, self.hparams.init_from, self.hparams.temporal_fix)
             for line in report.adapted:
                 rank_zero_info(f"init_from: adapted {line}")
-            self._init_loaded = True
+        else:
+            load_pretrained_towers(self.model)
+        self._initial_weights_ready = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain dicts instead of config dataclasses: the file then loads with weights_only=True.
@@ -180,18 +193,28 @@ class FrozenModule(pl.LightningModule):
                                 "lr": text_lr if in_text else self.hparams.lr})
         return out
 
-    def lr_factor(self, step: int, total_steps: int) -> float:
-        """Multiplier of the peak learning rate at `step`."""
+    def lr_factor(self, step: int, total_steps: Union[int, Callable[[], int]]) -> float:
+        """Multiplier of the peak learning rate at `step` (`total_steps` is only read by the cosine decay)."""
         warmup = self.hparams.warmup_steps
         if step < warmup:
             return (step + 1) / warmup
-        if self.hparams.schedule == "constant":
+        if self.hparams.schedule == "constant" or step == warmup:
             return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
+        total = total_steps() if callable(total_steps) else total_steps
+        progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr)
-        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total))
+        self._cached_total_steps = None  # this fit's (see _total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(self.lr_factor,
+                                                                                   total_steps=self._total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        # Read on the first step that needs it, not in configure_optimizers: asking earlier makes
+        # Lightning start the train loader before a resumed run is restored and before the frame
+        # curriculum has set the epoch count and the stage's frame count.
+        if self._cached_total_steps is None:
+            self._cached_total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
+        return self._cached_total_steps

@@ -6,11 +6,18 @@ import types
 
 import pytest
 import torch
-
-from lightning_frozen.models import FrozenInTime, UnsafeCheckpointError, load_checkpoint, safe_torch_load
-from lightning_frozen.models.checkpoint import ForeignObject, adapt_temporal_embed
-
 from conftest import TINY_VIDEO
+
+from lightning_frozen.models import (
+    PRESETS,
+    FrozenInTime,
+    UnsafePickleError,
+    create_model,
+    load_checkpoint,
+    safe_torch_load,
+)
+from lightning_frozen.models.checkpoint import adapt_temporal_embed
+from lightning_frozen.safe_load import ForeignObject
 
 
 def _fake_original_config_module():
@@ -94,7 +101,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, tiny_model, payloa
     payload = _Payload(marker) if payload_kind == "os.system" else _EvalPayload()
     path = tmp_path / "evil.pth.tar"
     torch.save({"state_dict": tiny_model.state_dict(), "config": payload}, path)
-    with pytest.raises(UnsafeCheckpointError, match="refusing") as info:
+    with pytest.raises(UnsafePickleError, match="refusing") as info:
         load_checkpoint(tiny_model, path)
     assert "evil.pth.tar" in str(info.value)
     assert ("system" in str(info.value)) or ("eval" in str(info.value))
@@ -107,7 +114,7 @@ def test_plain_pickle_file_with_payload_is_refused(tmp_path, tiny_model):
     path = tmp_path / "legacy.pt"
     torch.save({"state_dict": tiny_model.state_dict(), "x": _Payload(marker)}, path,
                _use_new_zipfile_serialization=False)
-    with pytest.raises(UnsafeCheckpointError):
+    with pytest.raises(UnsafePickleError):
         load_checkpoint(tiny_model, path)
     assert not marker.exists()
 
@@ -171,7 +178,60 @@ def test_foreign_class_protocol0_pickle_is_inert(tmp_path):
         blob = pickle.dumps({"cfg": module.ConfigParser()}, protocol=0)
     finally:
         del sys.modules["parse_config"]
-    from lightning_frozen.models.checkpoint import restricted_pickle
+    from lightning_frozen.safe_load import restricted_pickle
 
     obj = restricted_pickle.loads(blob)
     assert isinstance(obj["cfg"], ForeignObject)
+
+
+def test_create_model_builds_presets_and_loads_published_weights(tmp_path, tiny_text):
+    """The factory: a preset gives the published geometry; weights go through the one loader."""
+    model = create_model("stformer_b_16_224", pretrained=False)
+    assert PRESETS["stformer_b_16_224"]["projection_dim"] == 256
+    assert model.video_model.patch_embed.proj.weight.shape == (768, 3, 16, 16)
+    assert len(model.video_model.blocks) == 12 and model.video_model.num_frames == 4
+    assert type(model.text_model).__name__ == "DistilBertModel" and model.vid_proj[0].out_features == 256
+    with pytest.raises(ValueError, match="unknown model preset 'stformer_b_99'"):
+        create_model("stformer_b_99")
+
+    torch.manual_seed(0)
+    config = {"video": dict(TINY_VIDEO), "text": tiny_text, "projection_dim": 16}
+    source = create_model(config).eval()
+    path = tmp_path / "published.pth.tar"
+    _save_published_style(source, path)
+    loaded = create_model(config, weights=path).eval()
+    video, ids, mask = _inputs()
+    with torch.no_grad():
+        for got, want in zip(loaded(video, ids, mask), source(video, ids, mask)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="does not record its model config"):
+        create_model(weights=path)
+
+
+def test_create_model_reads_the_config_a_lightning_checkpoint_records(tmp_path, tiny_text):
+    torch.manual_seed(0)
+    config = {"video": dict(TINY_VIDEO), "text": tiny_text, "projection_dim": 16}
+    source = create_model(config).eval()
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()},
+                "hyper_parameters": {**config, "lr": 1e-4, "init_from": None}}, path)
+    loaded = create_model(weights=path).eval()
+    assert loaded.video_config.depth == TINY_VIDEO["depth"] and loaded.vid_proj[0].out_features == 16
+    video, ids, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_video(video), source.encode_video(video), rtol=0, atol=0)
+
+
+def test_ckpt_path_reads_go_through_the_restricted_unpickler(tmp_path, tiny_msrvtt, text_dir):
+    """`--ckpt_path` (and trainer.test(ckpt_path=...)) never runs code a checkpoint pickles."""
+    from tiny_config import tiny_config
+
+    from lightning_frozen.cli import run_cli
+
+    cli = run_cli(["--config", str(tiny_config(tmp_path, tiny_msrvtt, text_dir))], run=False)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": cli.model.state_dict(), "payload": _Payload(marker)}, evil)
+    with pytest.raises(UnsafePickleError, match="evil.ckpt.*refusing"):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=evil)
+    assert not marker.exists()

@@ -4,11 +4,10 @@ import hashlib
 import pytest
 import pytorch_lightning as pl
 import torch
+from tiny_config import tiny_config
 
 from lightning_frozen.callbacks import FrameCurriculum
 from lightning_frozen.cli import run_cli
-
-from tiny_config import tiny_config
 
 
 class FrameProbe(pl.Callback):
@@ -105,3 +104,24 @@ def test_model_must_hold_enough_temporal_rows(tmp_path, tiny_msrvtt, text_dir):
     config = tiny_config(tmp_path, tiny_msrvtt, text_dir, stages=[{"frames": 8, "epochs": 1}], limit_train_batches=1)
     with pytest.raises(ValueError, match="set it to 8"):
         _fit(config)
+
+
+def test_stage_change_reaches_persistent_workers_without_rebuilding_loaders(tmp_path, tiny_msrvtt, text_dir):
+    """The frame count lives in shared memory: running workers read the new stage's value."""
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir, stages=STAGES, limit_train_batches=2, limit_val_batches=1)
+    cli = run_cli(["--config", str(config), "--data.num_workers", "2", "--data.persistent_workers", "true"],
+                  run=False)
+    built = []
+    train_dataloader = cli.datamodule.train_dataloader
+
+    def counting_train_dataloader():
+        loader = train_dataloader()
+        built.append(loader)
+        return loader
+
+    cli.datamodule.train_dataloader = counting_train_dataloader
+    probe = FrameProbe()
+    cli.trainer.callbacks.append(probe)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert probe.frames == {0: 1, 1: 2, 2: 2}
+    assert len(built) == 1

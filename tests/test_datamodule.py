@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from lightning_frozen.data.collate import TextVideoCollator
 from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from lightning_frozen.models.text import build_tokenizer, bundled_text_model_path
+from lightning_frozen.tokenizer import build_tokenizer, bundled_text_model_path
 
 TOKENIZER_DIR = str(bundled_text_model_path())
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 1, 3, 1, 1)
@@ -270,8 +270,8 @@ def test_cycling_shorter_dataset_keeps_its_epoch_counts():
 
 def test_loader_survives_lightning_distributed_sampler_injection():
     # What Lightning does under DDP: re-create the loader with a DistributedSampler.
-    from pytorch_lightning.utilities.data import _update_dataloader
     from lightning_fabric.utilities.data import _replace_dunder_methods
+    from pytorch_lightning.utilities.data import _update_dataloader
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
     ds = TinyVideoDataset(length=8, skip_every=1)

@@ -2,11 +2,10 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import TINY_VIDEO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_frozen.module import FrozenModule
-
-from conftest import TINY_VIDEO
 
 
 class FixedPairs(Dataset):
@@ -88,7 +87,8 @@ def test_two_process_ddp_equals_one_process(tmp_path, text_dir):
     # exact arithmetic (key biases under softmax) and hold only round-off.
     scale = max(float(g.abs().max()) for g in one["grads"].values())
     for name, grad in one["grads"].items():
-        torch.testing.assert_close(two["grads"][name], grad, atol=1e-6 * scale, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(two["grads"][name], grad, atol=1e-6 * scale, rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     # Later steps agree to float round-off amplified by Adam's normalisation.
     assert two["losses"] == pytest.approx(one["losses"], rel=1e-3)
     for (name, a), b in zip(single.state_dict().items(), ddp.state_dict().values()):

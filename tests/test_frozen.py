@@ -2,10 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from lightning_frozen.models import FrozenInTime, VideoConfig, build_tokenizer
-
 from conftest import TINY_VIDEO
+
+from lightning_frozen.models import FrozenInTime, VideoConfig, build_tokenizer, create_model
 
 
 def test_encoders_output_projection_dim(tiny_model, text_dir):
@@ -65,10 +64,20 @@ def test_unknown_config_key_is_named(tiny_text):
 def test_pretrained_without_network_gives_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="text.name_or_path to a local Hugging Face directory"):
-        FrozenInTime(video=dict(TINY_VIDEO), text=dict(name_or_path="someone/not-cached-model", pretrained=True))
+        create_model({"video": dict(TINY_VIDEO), "text": dict(name_or_path="someone/not-cached-model")})
     with pytest.raises(OSError, match="video.pretrained_path"):
-        FrozenInTime(video=dict(arch="base_patch16_224", depth=1, pretrained=True),
-                     text=dict(pretrained=False, config_overrides={"n_layers": 1}))
+        create_model({"video": dict(arch="base_patch16_224", depth=1, pretrained=True),
+                      "text": dict(pretrained=False, config_overrides={"n_layers": 1})})
+
+
+def test_constructor_reads_no_weights(tmp_path, tiny_text):
+    """FrozenInTime only builds modules; create_model loads what the config names."""
+    missing = tmp_path / "vit.pth"
+    video = dict(TINY_VIDEO, pretrained=True, pretrained_path=str(missing))
+    model = FrozenInTime(video=video, text=dict(tiny_text, pretrained=True))
+    assert model.video_config.pretrained_path == str(missing)
+    with pytest.raises(FileNotFoundError, match="vit.pth"):
+        create_model({"video": video, "text": tiny_text})
 
 
 def test_distilbert_architecture_builds_offline():

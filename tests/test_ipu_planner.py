@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_frozen.ipu import StageMap, pipeline, planner
 from lightning_frozen.models import FrozenInTime, bundled_text_model_path
-from lightning_frozen.losses import sim_matrix
+from lightning_frozen.similarity import sim_matrix
 
 B, F, L = 3, 2, 12
 VIDEO = {"arch": None, "img_size": 64, "patch_size": 16, "embed_dim": 48, "depth": 4, "num_heads": 3, "num_frames": F}

@@ -17,8 +17,8 @@ from lightning_frozen.losses import (
     NormSoftmaxLoss,
     gather_with_grad,
     global_contrastive_loss,
-    sim_matrix,
 )
+from lightning_frozen.similarity import sim_matrix
 
 WORLD = 2
 GLOBAL_BATCH = 8

@@ -3,12 +3,11 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_VIDEO
+from tiny_config import tiny_config
 
 from lightning_frozen.cli import run_cli
 from lightning_frozen.module import FrozenModule
-
-from conftest import TINY_VIDEO
-from tiny_config import tiny_config
 
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "R50", "MedR", "MeanR", "gmean")]
 
@@ -81,7 +80,7 @@ def test_init_from_inflates_temporal_embedding(tmp_path, tiny_msrvtt, text_dir):
     torch.save({"state_dict": {f"module.{k}": v for k, v in one_frame.model.state_dict().items()}}, path)
     config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
     cli = run_cli(["--config", str(config), "--model.init_from", str(path)], run=False)
-    cli.model.setup("fit")
+    cli.model.configure_model()
     te = cli.model.model.video_model.temporal_embed.detach()
     assert te.shape == (1, 4, 32)
     assert torch.equal(te[:, :1], one_frame.model.video_model.temporal_embed.detach())
@@ -89,15 +88,31 @@ def test_init_from_inflates_temporal_embedding(tmp_path, tiny_msrvtt, text_dir):
     assert torch.equal(cli.model.model.vid_proj[0].weight, one_frame.model.vid_proj[0].weight)
 
 
+def test_checkpoint_weights_win_and_init_from_is_not_read(tmp_path, tiny_msrvtt, text_dir):
+    """With --ckpt_path the checkpoint is self-contained: a vanished init_from file does not matter."""
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir, max_steps=1, limit_val_batches=0)
+    trained = run_cli(["--config", str(config)], run=False)
+    trained.trainer.fit(trained.model, datamodule=trained.datamodule)
+    ckpt = tmp_path / "trained.ckpt"
+    trained.trainer.save_checkpoint(ckpt)
+    gone = tmp_path / "deleted_init.pth"
+    cli = run_cli(["test", "--config", str(config), "--model.init_from", str(gone), "--ckpt_path", str(ckpt)])
+    assert cli.trainer.callback_metrics["test/t2v_R10"] == 100.0
+    for key, value in trained.model.state_dict().items():
+        assert torch.equal(cli.model.state_dict()[key], value), key
+    with pytest.raises(FileNotFoundError, match="deleted_init.pth"):
+        run_cli(["test", "--config", str(config), "--model.init_from", str(gone)])
+
 def test_parameter_groups_exclude_norms_biases_embeddings(tiny_text):
     module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, weight_decay=0.05)
     decay, no_decay = module.parameter_groups()
     names = {id(p): n for n, p in module.model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}
-    assert {"video_model.pos_embed", "video_model.temporal_embed", "video_model.cls_token",
-            "video_model.norm.weight", "vid_proj.0.bias", "text_model.embeddings.word_embeddings.weight"} <= no_decay_names
-    assert {"video_model.blocks.0.attn.qkv.weight", "vid_proj.0.weight", "video_model.patch_embed.proj.weight"} <= decay_names
+    assert {"video_model.pos_embed", "video_model.temporal_embed", "video_model.cls_token", "video_model.norm.weight",
+            "vid_proj.0.bias", "text_model.embeddings.word_embeddings.weight"} <= no_decay_names
+    assert {"video_model.blocks.0.attn.qkv.weight", "vid_proj.0.weight",
+            "video_model.patch_embed.proj.weight"} <= decay_names
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert len(decay_names) + len(no_decay_names) == len(list(module.model.parameters()))
 
@@ -113,7 +128,8 @@ def test_text_lr_gives_the_text_tower_its_own_groups(tiny_text):
     assert by_lr[1e-4] == {n for n in names.values() if n.startswith("text_model.")}
     assert "txt_proj.1.weight" in by_lr[1e-3] and "video_model.pos_embed" in by_lr[1e-3]
     assert sum(len(g["params"]) for g in groups) == len(list(module.model.parameters()))
-    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == [(1e-4, 0.0), (1e-4, 0.01), (1e-3, 0.0), (1e-3, 0.01)]
+    expected = [(1e-4, 0.0), (1e-4, 0.01), (1e-3, 0.0), (1e-3, 0.01)]
+    assert sorted((g["lr"], g["weight_decay"]) for g in groups) == expected
 
 
 def test_lr_schedule_warmup_then_cosine(tiny_text):

@@ -68,7 +68,7 @@ def test_resumes_and_ignores_partial_files(source, tmp_path):
     target.unlink()
     third = prepare_videos(source, mirror, short_side=32, workers=1, progress=False)
     assert (third.encoded, third.skipped) == (1, 5)
-    assert not list(mirror.rglob(f"*.partial"))
+    assert not list(mirror.rglob("*.partial"))
 
 
 def test_refuses_overlapping_roots(source, tmp_path):

@@ -13,10 +13,10 @@ from lightning_frozen.data.synthetic import (
     DIRECTIONS,
     SHAPES,
     ClipSpec,
-    main,
     make_synthetic_dataset,
     render_clip,
 )
+from lightning_frozen.data.synthetic.cli import main
 from lightning_frozen.data.video import read_frames
 
 SMALL = dict(num_train=4, num_test=2, num_frames_per_video=6, size=(32, 32), fps=6)
@@ -102,7 +102,7 @@ def test_one_frame_does_not_reveal_direction():
             frames = render_clip(ClipSpec("white", "blue", "square", d), 5, (32, 32), np.random.default_rng(seed))
             masks = (frames == COLOURS["white"]).all(-1)
             positions[d].append([(centre(m, 0), centre(m, 1)) for m in masks])
-    for d, (dy, dx) in ((d, DIRECTIONS[d][0]) for d in DIRECTIONS):
+    for d in DIRECTIONS:
         path = np.array(positions[d])  # seeds x frames x (y, x)
         reverse = np.array(positions[{"left": "right", "right": "left", "up": "down", "down": "up"}[d]])
         np.testing.assert_allclose(path[:, 2].mean(0), [16, 16], atol=2.5)  # middle frame near the centre

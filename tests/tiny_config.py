@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Optional
 
 import yaml
-
 from conftest import TINY_VIDEO
 
 

@@ -1,8 +1,9 @@
 """FrameCurriculum: train on 1, then 2, then 4 frames in one run, with a best and last checkpoint per stage.
 
 At each stage boundary the best weights of the stage just ended are reloaded (the
-published recipe starts each stage from the previous stage's best checkpoint), the
-DataModule switches its frame count and the dataloaders are rebuilt.
+published recipe starts each stage from the previous stage's best checkpoint) and the
+DataModule switches its frame count. The datasets read the count per item from shared
+memory, so no loader is rebuilt: workers, loader state and the epoch carry on.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from ..models.checkpoint import extract_state_dict, safe_torch_load
+from ..models import load_checkpoint
 
 
 @dataclass
@@ -102,8 +103,8 @@ class FrameCurriculum(pl.Callback):
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "frame_schedule"):
             raise TypeError("FrameCurriculum needs a DataModule with a frame_schedule (FrozenDataModule)")
-        # The DataModule asks for the frame count whenever it builds loaders: after a resume
-        # has restored the epoch, so a resumed run continues in the right stage.
+        # The DataModule asks for the frame count whenever a loader starts an epoch: after a
+        # resume has restored the epoch, so a resumed run continues in the right stage.
         datamodule.frame_schedule = self.frames_at_epoch
         if self.entered_stage is None:
             self.entered_stage = 0
@@ -134,11 +135,6 @@ class FrameCurriculum(pl.Callback):
         path = self._path(trainer, index, "last")
         self._save(trainer, path, index)
         self.last_paths[index] = str(path)
-        if index + 1 >= len(self.stages):
-            return
-        # Rebuild the loaders (and their worker processes) so the new frame count takes effect.
-        trainer.fit_loop._combined_loader = None
-        trainer.fit_loop.epoch_loop.val_loop._combined_loader = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Entering a new stage: start from the best weights of the one before (also after a resume)."""
@@ -147,8 +143,7 @@ class FrameCurriculum(pl.Callback):
             return
         best = self.best_paths.get(index - 1)
         if best:
-            state = extract_state_dict(safe_torch_load(best), Path(best).name)
-            pl_module.load_state_dict(state)
+            load_checkpoint(pl_module.model, best)
             rank_zero_info(f"FrameCurriculum: stage {index - 1} best {self.monitor}="
                            f"{self.best_scores[index - 1]:.4f} reloaded from {Path(best).name}")
         self.entered_stage = index

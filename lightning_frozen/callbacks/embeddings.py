@@ -1,4 +1,4 @@
-"""EmbeddingWriter: what `cli.py predict` leaves on disk for search."""
+"""EmbeddingWriter: what `lightning-frozen predict` leaves on disk for search."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,9 +7,8 @@ from .msrvtt import MSRVTT
 from .video import VideoReadError, read_frames, read_image, sample_frame_indices
 from .webvid import WebVid
 
-
-# Loaded on first use: the command modules (so `python -m lightning_frozen.data.synthetic`
-# runs clean), and collation, on-device augmentation and the DataModule (kornia, Lightning).
+# Loaded on first use: the command modules, and collation, on-device augmentation and the
+# DataModule (kornia, Lightning), so reading a dataset stays light.
 _LAZY = {
     "make_synthetic_dataset": ".synthetic",
     "prepare_videos": ".prepare",
@@ -19,6 +18,12 @@ _LAZY = {
     "IMAGENET_STD": ".transforms",
     "FrozenDataModule": ".datamodule",
 }
+
+
+__all__ = [
+    "MSRVTT", "ConceptualCaptions3M", "TextVideoDataset", "VideoFolder", "VideoReadError", "WebVid", "read_frames",
+    "read_image", "sample_frame_indices", *_LAZY,
+]
 
 
 def __getattr__(name: str):

@@ -37,7 +37,8 @@ class TextVideoDataset(Dataset):
     """Base class: items are ``{"video", "text", "meta"}`` dicts (see ``__getitem__``).
 
     ``num_frames`` may be changed between epochs (the frame curriculum does, through
-    ``set_num_frames``). ``mode`` is "rand" for the train split, "uniform" otherwise.
+    ``set_num_frames``; the value lives in shared memory, so running workers see it).
+    ``mode`` is "rand" for the train split, "uniform" otherwise.
     ``subsample`` keeps a fixed seeded subset (a fraction in (0, 1] or a count);
     ``max_samples`` caps each epoch to a fresh seeded subset drawn per ``set_epoch``.
     ``loading="lax"`` replaces an unreadable sample by the next readable index and
@@ -77,6 +78,9 @@ class TextVideoDataset(Dataset):
         if mode is not None and mode not in ("rand", "uniform"):
             raise ValueError(f"mode must be 'rand', 'uniform' or None, got {mode!r}")
         self.split = split
+        # Shared memory, like the epoch below: the frame curriculum changes it between epochs
+        # and persistent workers must read the new value for their next item.
+        self._num_frames = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.set_num_frames(num_frames)
         self.frame_size = frame_size
         self.fix_start = fix_start
@@ -130,11 +134,15 @@ class TextVideoDataset(Dataset):
             return self._mode
         return "rand" if self.split == "train" else "uniform"
 
+    @property
+    def num_frames(self) -> int:
+        return int(self._num_frames[0])
+
     def set_num_frames(self, num_frames: int) -> None:
-        """Change the frames per clip (frame curriculum); applies to the next items read."""
+        """Change the frames per clip (frame curriculum); applies to the next items read, in every worker."""
         if int(num_frames) < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        self.num_frames = int(num_frames)
+        self._num_frames[0] = int(num_frames)
 
     @property
     def epoch(self) -> int:

@@ -128,7 +128,7 @@ class FrozenDataModule(pl.LightningDataModule):
             ``dataloader_idx`` in the model's steps follows this order).
         predict_dataset: dataset for ``trainer.predict`` (items may lack ``text``).
         tokenizer: Hugging Face tokenizer name or local directory, loaded on first use with
-            ``lightning_frozen.models.text.build_tokenizer`` (same rules as the text tower).
+            ``lightning_frozen.tokenizer.build_tokenizer`` (same rules as the text tower).
         max_length, padding: see ``TextVideoCollator``.
         eval_batch_size: batch size of validation, test and predict loaders.
         num_workers, persistent_workers: DataLoader workers per dataset
@@ -210,7 +210,7 @@ class FrozenDataModule(pl.LightningDataModule):
     def tokenizer(self) -> Any:
         """The Hugging Face tokenizer, loaded on first use."""
         if self._tokenizer is None:
-            from ..models.text import build_tokenizer  # lazy: keeps `import lightning_frozen.data` light
+            from ..tokenizer import build_tokenizer  # lazy: keeps `import lightning_frozen.data` light
 
             self._tokenizer = build_tokenizer(self.tokenizer_name)
         return self._tokenizer
@@ -226,8 +226,8 @@ class FrozenDataModule(pl.LightningDataModule):
     def set_num_frames(self, num_frames: int) -> None:
         """Set the frames per clip of every dataset that has ``num_frames`` (curriculum stages).
 
-        Datasets without it (image-only ones) are left alone. Only loaders created
-        afterwards see the change: have the trainer reload its dataloaders.
+        Datasets without it (image-only ones) are left alone. ``TextVideoDataset`` keeps the
+        count in shared memory, so the next items read see it, in running workers too.
         """
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1; got {num_frames}.")
@@ -259,9 +259,6 @@ class FrozenDataModule(pl.LightningDataModule):
     def _loaders(self, stage: str, arg: str) -> List[DataLoader]:
         if not self.datasets[stage]:
             raise ValueError(f"No {stage} data: set {arg} in the data config.")
-        if self.frame_schedule is not None and self.trainer is not None:
-            # Loaders are built after a resumed run restored its epoch, so this is the right stage.
-            self.set_num_frames(self.frame_schedule(self.trainer.current_epoch))
         if stage == "train":
             return [self._loader(stage, i, bs) for i, bs in enumerate(self.train_batch_sizes)]
         return [self._loader(stage, i, self.eval_batch_size) for i in range(len(self.datasets[stage]))]
@@ -319,7 +316,9 @@ class FrozenDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return None
-        return (trainer.current_epoch, trainer.sanity_checking)
+        # The epoch whose data comes next. After a resume from an end-of-epoch checkpoint
+        # Lightning starts the train loader before current_epoch moves on; epoch_progress has.
+        return (trainer.fit_loop.epoch_progress.current.processed, trainer.sanity_checking)
 
     def _on_loader_start(self, stage: str, index: int) -> None:
         """New epoch for this loader: reset skip counts and, for training, ``set_epoch``.
@@ -333,5 +332,8 @@ class FrozenDataModule(pl.LightningDataModule):
         self._loader_epochs[(stage, index)] = key
         dataset = self.datasets[stage][index]
         _call_each(dataset, "reset_skipped")
+        if self.frame_schedule is not None and key is not None:
+            # Read per item (shared memory): a curriculum stage change rebuilds no loader.
+            _call_each(dataset, "set_num_frames", self.frame_schedule(key[0]))
         if stage == "train" and key is not None:
             _call_each(dataset, "set_epoch", key[0])

@@ -18,14 +18,15 @@ Training draws one of a video's captions at random.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Optional, Union
 
 import pandas as pd
 
+from ..safe_load import load_pickle
 from .base import TextVideoDataset
-from .safe_pickle import load_caption_index
 
 SPLIT_DIR = Path("high-quality") / "structured-symlinks"
 ANNOTATION = Path("annotation") / "MSR_VTT.json"
@@ -49,6 +50,19 @@ def read_id_list(path: Path) -> list[str]:
             f"{SPLIT_DIR}/ with the split lists"
         )
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_caption_index(path: Union[str, os.PathLike]) -> dict[str, int]:
+    """Read the pickled ``{video id: caption index}`` dict (restricted unpickler) and check its types."""
+    value = load_pickle(path)
+    if not isinstance(value, dict):
+        raise ValueError(f"'{path}' should hold a dict of video id -> caption index, got {type(value).__name__}")
+    result = {}
+    for key, index in value.items():
+        if not isinstance(key, str) or not isinstance(index, numbers.Integral) or isinstance(index, bool):
+            raise ValueError(f"'{path}': entry {key!r}: {index!r} is not str -> int")
+        result[key] = int(index)
+    return result
 
 
 def read_annotations(path: Path) -> pd.Series:

@@ -231,7 +231,7 @@ def _record(summary: PrepareSummary, relative: str, error: Optional[str]) -> Non
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the prepare command."""
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_frozen.data.prepare",
+        prog="lightning-frozen prepare",
         description="Re-encode a dataset's videos into a mirror folder for fast training.",
     )
     parser.add_argument("--src", required=True, help="dataset root to read (never written)")

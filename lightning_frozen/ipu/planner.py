@@ -1,7 +1,7 @@
 """Pipeline planner: memory, FLOPs and pipeline efficiency of a stage map, and a balanced map.
 
-``python cli.py ipu-plan --config configs/webvid2m_8ipu_4f.yaml [--balance]`` (or
-``python -m lightning_frozen.ipu.planner``) prints one row per IPU of the stage map:
+``lightning-frozen ipu-plan --config configs/webvid2m_8ipu_4f.yaml [--balance]`` prints one row per IPU
+of the stage map:
 
 * parameters, and weight + gradient-accumulator + optimizer-state bytes for the configured
   precision ("32", "16.32", "16.16") and optimizer-state location (off chip: not counted);
@@ -383,8 +383,8 @@ def _compress(names: list[str]) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``cli.py ipu-plan``: print the plan of a config's stage map (and a balanced map)."""
-    parser = argparse.ArgumentParser(prog="ipu-plan", description=__doc__.split("\n\n")[0])
+    """Entry point of ``lightning-frozen ipu-plan``: print the plan of a config's stage map (and a balanced map)."""
+    parser = argparse.ArgumentParser(prog="lightning-frozen ipu-plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a LightningCLI YAML with an IPUStrategy")
     parser.add_argument("--balance", action="store_true", help="also propose a balanced stage map")
     parser.add_argument("--json", help="write the plan(s) as JSON here")

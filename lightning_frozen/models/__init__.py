@@ -1,10 +1,14 @@
-"""The dual encoder: video tower, text tower, joint model and weight loading."""
-from .checkpoint import LoadReport, UnsafeCheckpointError, load_checkpoint, safe_torch_load
+"""The dual encoder: video tower, text tower, joint model, the factory and the one weight loader."""
+from ..safe_load import UnsafePickleError, safe_torch_load
+from ..tokenizer import build_tokenizer, bundled_text_model_path
+from .checkpoint import LoadReport, load_checkpoint
+from .factory import PRESETS, create_model, load_pretrained_towers, model_config
 from .frozen import FrozenInTime, TextConfig, VideoConfig
 from .space_time import SpaceTimeTransformer
-from .text import build_text_model, build_tokenizer, bundled_text_model_path
+from .text import build_text_model
 
 __all__ = [
-    "FrozenInTime", "LoadReport", "SpaceTimeTransformer", "TextConfig", "UnsafeCheckpointError", "VideoConfig",
-    "build_text_model", "build_tokenizer", "bundled_text_model_path", "load_checkpoint", "safe_torch_load",
+    "PRESETS", "FrozenInTime", "LoadReport", "SpaceTimeTransformer", "TextConfig", "UnsafePickleError", "VideoConfig",
+    "build_text_model", "build_tokenizer", "bundled_text_model_path", "create_model", "load_checkpoint",
+    "load_pretrained_towers", "model_config", "safe_torch_load",
 ]

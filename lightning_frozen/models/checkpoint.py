@@ -1,155 +1,31 @@
-"""Loading weights from files we did not write: published Frozen-in-Time checkpoints,
-this project's Lightning checkpoints, plain state dicts and timm ViT weights.
+"""The one loader of weights we did not write in this process: published Frozen-in-Time
+checkpoints, this project's Lightning checkpoints, plain state dicts and timm ViT weights.
 
-Published files pickle objects of the original code base (its config class), so they
-cannot be read with ``weights_only=True``; they are read with a restricted unpickler that
-turns unknown classes into inert placeholders and refuses any pickle that would call a
-function it does not know (``os.system``, ``eval``, ...). Nothing unknown is imported.
+Every file goes through the restricted unpickler of ``lightning_frozen.safe_load``. Key
+names are mapped onto ``FrozenInTime``'s (``checkpoint_filter_fn``, as in timm's model
+files), the temporal embedding is inflated or cut to the model's frame count, and any
+other shape mismatch is refused with the keys named.
 """
 from __future__ import annotations
 
-import _compat_pickle
-import functools
-import io
 import logging
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-import pickle
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .frozen import VideoConfig
+from ..safe_load import UnsafePickleError, safe_torch_load
+
+__all__ = ["LoadReport", "TemporalFix", "UnsafePickleError", "checkpoint_filter_fn", "extract_state_dict",
+           "load_checkpoint", "safe_torch_load"]
 
 log = logging.getLogger(__name__)
 
 TemporalFix = Literal["zeros", "interp", "bilinear"]
-
-
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The file asks the unpickler to call something that is not on the allowlist."""
-
-
-# Callables a checkpoint may use to rebuild tensors and plain containers.
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
-    ("torch", "Size"): torch.Size,
-    ("torch", "device"): torch.device,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "slice"): slice,
-    ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
-    ("pathlib", "PosixPath"): Path,
-    ("pathlib", "WindowsPath"): str,
-    ("pathlib", "Path"): Path,
-    ("pathlib", "PurePosixPath"): Path,
-    ("argparse", "Namespace"): types.SimpleNamespace,
-}
-for _dtype_name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"):
-    _ALLOWED[("torch", _dtype_name)] = getattr(torch, _dtype_name)
-
-
-def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
-    """How protocol-2 pickles written by Python 3 store bytes."""
-    return text.encode(encoding)
-
-
-@functools.lru_cache(maxsize=1)
-def _numpy_allowed() -> dict[tuple[str, str], Any]:
-    import numpy as np
-
-    core = np._core if hasattr(np, "_core") else np.core
-    out: dict[tuple[str, str], Any] = {}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[(mod, "_reconstruct")] = core.multiarray._reconstruct
-        out[(mod, "scalar")] = core.multiarray.scalar
-    out[("numpy", "ndarray")] = np.ndarray
-    out[("numpy", "dtype")] = np.dtype
-    return out
-
-
-class _ForeignMeta(type):
-    def __call__(cls, *args, **kwargs):
-        raise UnsafeCheckpointError(
-            f"the checkpoint would call {cls._foreign_name}(...) while loading; refusing to run it. "
-            "Only load checkpoints from sources you trust; if this file is one, re-save its state_dict "
-            "with torch.save(ckpt['state_dict'], path) in the environment that wrote it."
-        )
-
-
-class ForeignObject(metaclass=_ForeignMeta):
-    """Inert stand-in for an instance of a class we do not import; keeps its pickled state."""
-
-    _foreign_name = "?"
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["_foreign_state"] = state
-
-    def __repr__(self) -> str:
-        return f"<ForeignObject {self._foreign_name}>"
-
-
-def _placeholder(module: str, name: str) -> type:
-    return _ForeignMeta(name, (ForeignObject,), {"_foreign_name": f"{module}.{name}", "__module__": "foreign." + module})
-
-
-def _safe_reconstructor(cls: type, base: type, state: Any) -> Any:
-    """copyreg's protocol-0/1 object rebuild, limited to placeholders and plain builtins."""
-    if isinstance(cls, _ForeignMeta):
-        return object.__new__(cls)
-    if base is object and cls in (dict, list, set):
-        return cls()
-    raise UnsafeCheckpointError(f"the checkpoint rebuilds {cls!r} through copyreg; refusing")
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only allowlisted globals; other classes become placeholders that refuse calls."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python 2 names in protocol 0-2 pickles, as the standard unpickler maps them
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        found = _ALLOWED.get((module, name)) or _numpy_allowed().get((module, name))
-        if found is not None:
-            return found
-        if (module, name) == ("_codecs", "encode"):
-            return _codecs_encode
-        if (module, name) == ("copyreg", "_reconstructor"):
-            return _safe_reconstructor
-        if module == "torch" and name.endswith("Storage"):
-            return getattr(torch, name)
-        return _placeholder(module, name)
-
-
-restricted_pickle = types.ModuleType("lightning_frozen_restricted_pickle")
-restricted_pickle.Unpickler = RestrictedUnpickler  # type: ignore[attr-defined]
-restricted_pickle.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
-restricted_pickle.loads = lambda b, **kw: RestrictedUnpickler(io.BytesIO(b), **kw).load()  # type: ignore[attr-defined]
-restricted_pickle.__name__ = "lightning_frozen_restricted_pickle"
-
-
-def safe_torch_load(path: Union[str, Path]) -> Any:
-    """torch.load through the restricted unpickler, onto the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
-    except UnsafeCheckpointError as err:
-        raise UnsafeCheckpointError(f"{path.name}: {err}") from None
+# The parts of the dual encoder that ImageNet ViT weights cannot hold.
+_NOT_IN_VIT = ("timeattn.", "norm3.", "temporal_embed", "text_model.", "txt_proj.", "vid_proj.")
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -244,36 +120,28 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor], tem
     return report
 
 
-def load_checkpoint(model: nn.Module, path: Union[str, Path], temporal_fix: TemporalFix = "zeros",
-                    strict: bool = True) -> LoadReport:
-    """Load a published Frozen-in-Time file, a Lightning .ckpt or a plain state dict into `model`."""
-    path = Path(path)
-    state = extract_state_dict(safe_torch_load(path), path.name)
-    return load_state_dict_into(model, state, temporal_fix, strict, source=path.name)
+def _is_timm_vit(state: Mapping[str, Tensor]) -> bool:
+    """Bare ImageNet ViT key names (timm): a patch embedding and blocks, no tower prefixes."""
+    return "patch_embed.proj.weight" in state and not any(k.startswith(("video_model.", "module.", "model."))
+                                                          for k in state)
 
 
-_VIT_TIMM_NAMES = {"base_patch16_224": "vit_base_patch16_224", "base_patch32_224": "vit_base_patch32_224"}
+def load_checkpoint(model: nn.Module, source: Union[str, Path, Mapping[str, Any]],
+                    temporal_fix: TemporalFix = "zeros", strict: bool = True, name: str = "") -> LoadReport:
+    """Load weights into a ``FrozenInTime``: a path (published ``.pth.tar``, a Lightning ``.ckpt``,
+    a plain state dict, ``.safetensors``) or such a file's contents already in memory
+    (``name`` then labels it in errors).
 
-
-def load_vit_weights(video_model: nn.Module, config: "VideoConfig") -> LoadReport:
-    """ImageNet ViT weights into the video tower: everything but the temporal parts."""
-    if config.pretrained_path:
-        state = extract_state_dict(safe_torch_load(config.pretrained_path), Path(config.pretrained_path).name)
+    ImageNet ViT weights (timm key names) fill the video tower only: its time attention,
+    ``norm3`` and temporal embedding, the text tower and the projections are left as they are.
+    """
+    if isinstance(source, Mapping):
+        name = name or "state dict"
+        state = extract_state_dict(source, name)
     else:
-        import timm
-
-        name = _VIT_TIMM_NAMES.get(config.arch or "")
-        if name is None:
-            raise ValueError(f"video.pretrained needs a published arch ({sorted(_VIT_TIMM_NAMES)}), got {config.arch!r}")
-        try:
-            state = timm.create_model(name, pretrained=True).state_dict()
-        except Exception as err:  # hub errors come in many types
-            raise OSError(
-                f"could not fetch ImageNet weights for {name} (no network or cache). "
-                "Set video.pretrained_path to a local ViT state dict (.pth, .bin or .safetensors with timm key names) "
-                "and video.pretrained: false."
-            ) from err
-    holder = nn.Module()
-    holder.video_model = video_model
-    return load_state_dict_into(holder, state, strict=True, source="ViT weights",
-                                allowed_missing=("timeattn", "norm3", "temporal_embed"))
+        name = Path(source).name
+        state = extract_state_dict(safe_torch_load(source), name)
+    if _is_timm_vit(state):
+        return load_state_dict_into(model, state, temporal_fix, strict, source=f"{name} (ViT weights)",
+                                    allowed_missing=_NOT_IN_VIT)
+    return load_state_dict_into(model, state, temporal_fix, strict, source=name)

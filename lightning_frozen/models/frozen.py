@@ -1,4 +1,7 @@
-"""FrozenInTime: the dual encoder (video tower + text tower + projections into a joint space)."""
+"""FrozenInTime: the dual encoder (video tower + text tower + projections into a joint space).
+
+The constructor only builds modules; ``lightning_frozen.create_model`` builds and loads weights.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -6,7 +9,7 @@ from typing import Any, Literal, Optional, Union
 
 from torch import Tensor, nn
 
-from ..losses import sim_matrix
+from ..similarity import sim_matrix
 from .space_time import PRESETS, SpaceTimeTransformer, TimeInit
 from .text import build_text_model, transformer_layers
 
@@ -31,8 +34,9 @@ class VideoConfig:
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth of the last block (linear from 0).
         grad_checkpointing: recompute each block in backward to save memory.
-        pretrained: ImageNet ViT weights through timm (needs the hub or its cache).
-        pretrained_path: a local ViT state dict (timm key names).
+        pretrained: ImageNet ViT weights through timm (needs the hub or its cache), loaded by
+            ``create_model`` when no other weights are given.
+        pretrained_path: a local ViT state dict (timm key names), loaded likewise.
     """
 
     arch: Optional[str] = "base_patch16_224"
@@ -70,7 +74,8 @@ class TextConfig:
 
     Attributes:
         name_or_path: hub id, local directory, or "bundled:all-MiniLM-L6-v2".
-        pretrained: load the encoder's weights (false: its architecture, randomly initialised).
+        pretrained: ``create_model`` loads the encoder's weights when no other weights are given
+            (false: its architecture, randomly initialised).
         config_overrides: Hugging Face config fields to change, e.g. {num_hidden_layers: 3}.
         pooling: the sentence vector. "first" is the first token, as Frozen-in-Time and its
             published checkpoints use; "mean" averages the real tokens, as sentence-transformers
@@ -87,7 +92,8 @@ class TextConfig:
             raise ValueError(f"text.pooling {self.pooling!r} is unknown: use 'first' (published checkpoints) or 'mean'")
 
 
-def _as_config(value: Union[dict, Any, None], cls: type) -> Any:
+def as_config(value: Union[dict, Any, None], cls: type) -> Any:
+    """A config dataclass from itself, a dict of its fields (unknown keys fail by name) or None."""
     if value is None:
         return cls()
     if isinstance(value, cls):
@@ -107,8 +113,8 @@ class FrozenInTime(nn.Module):
     def __init__(self, video: Union[VideoConfig, dict, None] = None, text: Union[TextConfig, dict, None] = None,
                  projection_dim: int = 256):
         super().__init__()
-        self.video_config: VideoConfig = _as_config(video, VideoConfig)
-        self.text_config: TextConfig = _as_config(text, TextConfig)
+        self.video_config: VideoConfig = as_config(video, VideoConfig)
+        self.text_config: TextConfig = as_config(text, TextConfig)
         vc, tc = self.video_config, self.text_config
         self.video_model = SpaceTimeTransformer(
             **vc.geometry(), num_frames=vc.num_frames, time_init=vc.time_init,
@@ -116,15 +122,11 @@ class FrozenInTime(nn.Module):
             attn_drop_rate=vc.attn_drop_rate, drop_path_rate=vc.drop_path_rate,
             grad_checkpointing=vc.grad_checkpointing,
         )
-        self.text_model = build_text_model(tc.name_or_path, tc.pretrained, tc.config_overrides)
-        text_dim = self.text_model.config.hidden_size if hasattr(self.text_model.config, "hidden_size") else self.text_model.config.dim
+        self.text_model = build_text_model(tc.name_or_path, tc.config_overrides)
+        text_config = self.text_model.config
+        text_dim = text_config.hidden_size if hasattr(text_config, "hidden_size") else text_config.dim
         self.txt_proj = nn.Sequential(nn.ReLU(), nn.Linear(text_dim, projection_dim))
         self.vid_proj = nn.Sequential(nn.Linear(self.video_model.embed_dim, projection_dim))
-        if vc.pretrained or vc.pretrained_path:
-            from .checkpoint import load_vit_weights
-
-            load_vit_weights(self.video_model, vc)
-        self.train()  # from_pretrained hands back the text model in eval mode
 
     @property
     def text_layers(self) -> nn.ModuleList:

@@ -1,14 +1,9 @@
-"""Synthetic text-video data written in the real MSR-VTT, WebVid and CC3M layouts.
+"""Writing synthetic datasets in the real MSR-VTT, WebVid and CC3M layouts.
 
-Each clip shows a coloured shape on a coloured background moving left, right, up or
-down along a path centred in the frame, so no single frame tells the direction: a one-frame model can match colour and shape, only a multi-frame
-model can also match the direction. Captions name colour, shape and direction in
-varied wording. Files are real H.264 mp4s (and JPEGs for CC3M), so the whole reading
-pipeline runs on them. Generation is deterministic given the seed.
-
-The dataset is written into a temporary sibling folder and renamed into place, with a
-``synthetic.json`` manifest: a finished root with the same parameters is reused, a root
-holding anything else is refused.
+Files are real H.264 mp4s (and JPEGs for CC3M), so the whole reading pipeline runs on
+them. Generation is deterministic given the seed. The dataset is written into a
+temporary sibling folder and renamed into place, with a ``synthetic.json`` manifest: a
+finished root with the same parameters is reused, a root holding anything else is refused.
 
 ``broken=True`` adds four entries referenced by the metadata of every split: a missing
 file, an empty file, a truncated file and a file that is not a video (or image).
@@ -16,19 +11,18 @@ file, an empty file, a truncated file and a file that is not a video (or image).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
-from .encode import write_video
+from ..encode import write_video
+from .clips import FOREGROUNDS, SHAPES, ClipSpec, caption, random_spec, render_clip
 
 LAYOUTS = ("msrvtt", "webvid", "cc3m")
 MANIFEST = "synthetic.json"
@@ -36,134 +30,41 @@ MANIFEST_VERSION = 3
 MSRVTT_CAPTIONS_PER_VIDEO = 20
 BROKEN_KINDS = ("missing", "empty", "truncated", "not_video")
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 50),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 30),
-    "white": (245, 245, 245),
-    "purple": (140, 40, 170),
-    "orange": (250, 140, 20),
-    "black": (15, 15, 15),
-}
-FOREGROUNDS = ("white", "yellow", "orange", "green", "red")
-BACKGROUNDS = ("black", "blue", "purple")
-SHAPES = {
-    "circle": ("circle", "disc", "ball", "round shape", "dot"),
-    "square": ("square", "box", "block", "square shape"),
-    "triangle": ("triangle", "triangular shape", "wedge"),
-    "diamond": ("diamond", "rhombus", "diamond shape"),
-}
-DIRECTIONS = {
-    "left": ((0, -1), ("moving to the left", "sliding left", "travelling leftwards",
-                       "drifting to the left", "heading left")),
-    "right": ((0, 1), ("moving to the right", "sliding right", "travelling rightwards",
-                       "drifting to the right", "heading right")),
-    "up": ((-1, 0), ("moving up", "rising", "sliding upwards", "drifting up", "heading up")),
-    "down": ((1, 0), ("moving down", "falling", "sliding downwards", "sinking",
-                      "heading down")),
-}
-VIDEO_TEMPLATES = (
-    "a {fg} {shape} {motion} on a {bg} background",
-    "the {bg} background shows a {fg} {shape} {motion}",
-    "{fg} {shape} {motion} over {bg}",
-    "a video of a {fg} {shape} {motion} against a {bg} backdrop",
-    "on a {bg} background a {fg} {shape} is {motion}",
-    "there is a {fg} {shape} {motion} in front of {bg}",
-    "a clip where a {fg} {shape} keeps {motion} across a {bg} screen",
-)
-IMAGE_TEMPLATES = (
-    "a {fg} {shape} on a {bg} background",
-    "photo of a {fg} {shape} against {bg}",
-    "the {bg} background shows a {fg} {shape}",
-    "a picture of a {fg} {shape} in front of a {bg} backdrop",
-    "{fg} {shape} on {bg}",
-)
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What one synthetic clip shows (the ground truth its captions describe)."""
-
-    foreground: str
-    background: str
-    shape: str
-    direction: str
-
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    layout: str
-    num_train: int
-    num_test: int
-    num_frames_per_video: int
-    size: tuple[int, int]
-    fps: float
-    seed: int
-    broken: bool
-    num_colours: int = len(FOREGROUNDS)
-    num_shapes: int = len(SHAPES)
+    """Everything that defines a synthetic dataset; the defaults are the demo's dataset.
 
-
-def random_spec(rng: np.random.Generator, num_colours: int = len(FOREGROUNDS), num_shapes: int = len(SHAPES)) -> ClipSpec:
-    """A bright shape on a dark background, so motion shows the same way in every colour pair.
-
-    Few colours and shapes make clips that differ only in direction common: then only a
-    multi-frame model can tell them apart."""
-    fg = rng.choice(FOREGROUNDS[:num_colours])
-    bg = rng.choice(BACKGROUNDS[:num_colours])
-    shape = rng.choice(list(SHAPES)[:num_shapes])
-    return ClipSpec(str(fg), str(bg), str(shape), str(rng.choice(list(DIRECTIONS))))
-
-
-def caption(spec: ClipSpec, rng: np.random.Generator, moving: bool = True) -> str:
-    """One caption of ``spec`` in a randomly chosen wording."""
-    templates = VIDEO_TEMPLATES if moving else IMAGE_TEMPLATES
-    text = str(rng.choice(templates)).format(
-        fg=spec.foreground,
-        bg=spec.background,
-        shape=rng.choice(SHAPES[spec.shape]),
-        motion=rng.choice(DIRECTIONS[spec.direction][1]),
-    )
-    return re.sub(r"\ba (?=[aeiou])", "an ", text)
-
-
-def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np.ndarray:
-    if shape == "circle":
-        return dy**2 + dx**2 <= radius**2
-    if shape == "square":
-        return (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85)
-    if shape == "triangle":
-        return (dy <= radius * 0.8) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
-    return np.abs(dy) + np.abs(dx) <= radius
-
-
-def render_clip(
-    spec: ClipSpec, num_frames: int, size: tuple[int, int], rng: np.random.Generator
-) -> np.ndarray:
-    """RGB uint8 frames (F, H, W, 3): the shape travels 40% of the frame in its direction.
-
-    The path is centred in the frame up to a small random offset, so the shape sits at the
-    same places (in the other order) whichever way it moves: one frame cannot tell the
-    direction, the order of frames can.
+    ``size`` is (height, width), both even. ``num_colours`` (1-5 foreground colours, and up
+    to 3 background colours) and ``num_shapes`` (1-4) limit the palette: few make clips that
+    differ only in direction common.
     """
-    height, width = size
-    radius = min(height, width) / 5
-    (step_y, step_x) = DIRECTIONS[spec.direction][0]
-    travel_y, travel_x = 0.4 * height * step_y, 0.4 * width * step_x
-    slack_y = max(0.0, height - 2 * radius - abs(travel_y))
-    slack_x = max(0.0, width - 2 * radius - abs(travel_x))
-    # centre of the path, uniform over the positions that keep the shape inside the frame
-    mid_y = height / 2 + rng.uniform(-slack_y / 2, slack_y / 2)
-    mid_x = width / 2 + rng.uniform(-slack_x / 2, slack_x / 2)
-    t = (np.arange(num_frames, dtype=np.float64) / max(num_frames - 1, 1) - 0.5)[:, None, None]
-    ys = np.arange(height, dtype=np.float64)[None, :, None]
-    xs = np.arange(width, dtype=np.float64)[None, None, :]
-    mask = _shape_mask(spec.shape, ys - (mid_y + travel_y * t), xs - (mid_x + travel_x * t), radius)
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
-    frames[:] = COLOURS[spec.background]
-    frames[mask] = COLOURS[spec.foreground]
-    return frames
+
+    layout: str = "msrvtt"
+    num_train: int = 600
+    num_test: int = 100
+    num_frames_per_video: int = 20
+    size: tuple[int, int] = (80, 80)
+    fps: float = 10.0
+    seed: int = 0
+    broken: bool = False
+    num_colours: int = 3
+    num_shapes: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", tuple(int(s) for s in self.size))
+        object.__setattr__(self, "fps", float(self.fps))
+        object.__setattr__(self, "broken", bool(self.broken))
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        height, width = self.size
+        if height % 2 or width % 2 or min(height, width) < 16:
+            raise ValueError(f"size must be even and at least 16 px, got {self.size}")
+        if self.num_train < 1 or self.num_test < 1 or self.num_frames_per_video < 1:
+            raise ValueError("num_train, num_test and num_frames_per_video must all be >= 1")
+        if not (1 <= self.num_colours <= len(FOREGROUNDS) and 1 <= self.num_shapes <= len(SHAPES)):
+            raise ValueError(f"num_colours must be 1-{len(FOREGROUNDS)} and num_shapes 1-{len(SHAPES)}, "
+                             f"got {self.num_colours} and {self.num_shapes}")
 
 
 class _Writer:
@@ -204,6 +105,18 @@ class _Writer:
         Image.fromarray(frame).save(path, format="JPEG", quality=90)
         self.specs[relative] = asdict(spec)
         return spec
+
+    def entry(self, relative: str, i: int, count: int, keys: tuple[int, int, int], image: bool = False) -> ClipSpec:
+        """Entry ``i`` of a split: a real file below ``count``, else broken kind ``i - count``.
+
+        ``keys`` seed the real file, the broken file and the spec its caption still describes.
+        """
+        real, broken, described = keys
+        if i < count:
+            return (self.image if image else self.video)(relative, (real, i))
+        k = i - count
+        self.broken_file(relative, BROKEN_KINDS[k], (broken, k), image=image)
+        return self.spec(self.rng(described, k))
 
     def broken_file(self, relative: str, kind: str, key: tuple[int, ...], image: bool = False) -> None:
         path = self.root / relative
@@ -291,12 +204,7 @@ def _write_webvid(w: _Writer) -> None:
             first = number // 50 * 50 + 1
             page_dir = f"{first:06d}_{first + 49:06d}"
             relative = f"videos/{page_dir}/{videoid}.mp4"
-            if i < count:
-                spec = w.video(relative, (10 + split_key, i))
-            else:
-                k = i - count
-                w.broken_file(relative, BROKEN_KINDS[k], (20 + split_key, k))
-                spec = w.spec(w.rng(30 + split_key, k))
+            spec = w.entry(relative, i, count, (10 + split_key, 20 + split_key, 30 + split_key))
             rows.append({
                 "videoid": videoid,
                 "contentUrl": f"https://example.com/synthetic/{videoid}.mp4",
@@ -310,7 +218,7 @@ def _write_webvid(w: _Writer) -> None:
 def _write_cc3m(w: _Writer) -> None:
     import pandas as pd
 
-    from .cc3m import METADATA_NAMES, image_name
+    from ..cc3m import METADATA_NAMES, image_name
 
     p = w.params
     (w.root / "metadata").mkdir(parents=True, exist_ok=True)
@@ -321,12 +229,7 @@ def _write_cc3m(w: _Writer) -> None:
         for i in range(count + (len(BROKEN_KINDS) if p.broken else 0)):
             url = f"https://example.com/synthetic/cc3m/{split}/{i}.jpg"
             relative = f"{folder}/{image_name(url)}"
-            if i < count:
-                spec = w.image(relative, (50 + split_key, i))
-            else:
-                k = i - count
-                w.broken_file(relative, BROKEN_KINDS[k], (60 + split_key, k), image=True)
-                spec = w.spec(w.rng(70 + split_key, k))
+            spec = w.entry(relative, i, count, (50 + split_key, 60 + split_key, 70 + split_key), image=True)
             rows.append({"caption": caption(spec, w.rng(80 + split_key, i), moving=False), "thumbnailUrl": url})
         table = pd.DataFrame(rows)
         table.to_csv(w.root / "metadata" / METADATA_NAMES[split], sep="\t", index=False)
@@ -368,37 +271,13 @@ def _manifest(params: SyntheticParams, files: list[str], broken: list[dict]) -> 
     return {"version": MANIFEST_VERSION, "params": as_dict, "files": files, "broken": broken}
 
 
-def make_synthetic_dataset(
-    root: Union[str, os.PathLike],
-    layout: str = "msrvtt",
-    num_train: int = 600,
-    num_test: int = 100,
-    num_frames_per_video: int = 20,
-    size: Sequence[int] = (80, 80),
-    fps: float = 10.0,
-    seed: int = 0,
-    broken: bool = False,
-    num_colours: int = 3,
-    num_shapes: int = 2,
-) -> Path:
+def make_synthetic_dataset(root: Union[str, os.PathLike], layout: str = "msrvtt", **fields: Any) -> Path:
     """Write a synthetic dataset in ``layout``'s real on-disk layout; return its root.
 
-    ``size`` is (height, width), both even. ``num_colours`` (1-5: foreground colours, and up to 3
-    background colours) and ``num_shapes`` (1-4) limit the palette. Reuses a finished root made with the same parameters; refuses a
-    root that holds anything else.
+    ``fields`` are ``SyntheticParams`` fields (their defaults make the demo's dataset). Reuses a
+    finished root made with the same parameters; refuses a root that holds anything else.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    height, width = (int(s) for s in size)
-    if height % 2 or width % 2 or min(height, width) < 16:
-        raise ValueError(f"size must be even and at least 16 px, got {tuple(size)}")
-    if num_train < 1 or num_test < 1 or num_frames_per_video < 1:
-        raise ValueError("num_train, num_test and num_frames_per_video must all be >= 1")
-    if not (1 <= num_colours <= len(FOREGROUNDS) and 1 <= num_shapes <= len(SHAPES)):
-        raise ValueError(f"num_colours must be 1-{len(FOREGROUNDS)} and num_shapes 1-{len(SHAPES)}, "
-                         f"got {num_colours} and {num_shapes}")
-    params = SyntheticParams(layout, num_train, num_test, num_frames_per_video,
-                             (height, width), float(fps), seed, bool(broken), num_colours, num_shapes)
+    params = SyntheticParams(layout=layout, **fields)
     root = Path(root)
     if _check_existing(root, params):
         return root
@@ -423,37 +302,3 @@ def make_synthetic_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Arguments of the synthetic-data command."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lightning_frozen.data.synthetic",
-        description="Write a synthetic text-video dataset in a real layout.",
-    )
-    parser.add_argument("--root", required=True, help="folder to create (new or empty)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="msrvtt")
-    parser.add_argument("--num-train", type=int, default=600)
-    parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--num-frames", type=int, default=20, help="frames per video")
-    parser.add_argument("--size", type=int, nargs=2, default=(80, 80), metavar=("H", "W"))
-    parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--broken", action="store_true", help="add missing/empty/truncated/non-video entries")
-    parser.add_argument("--colours", type=int, default=3, help="colours per role, 1-5 (few: direction matters)")
-    parser.add_argument("--shapes", type=int, default=2, help="number of shapes (1-4)")
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Path:
-    args = build_parser().parse_args(argv)
-    root = make_synthetic_dataset(
-        args.root, args.layout, args.num_train, args.num_test, args.num_frames,
-        tuple(args.size), args.fps, args.seed, args.broken, args.colours, args.shapes,
-    )
-    print(f"synthetic {args.layout} dataset ready at {root}")
-    return root
-
-
-if __name__ == "__main__":
-    main()
