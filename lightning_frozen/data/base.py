@@ -113,8 +113,8 @@ class TextVideoDataset(Dataset):
         """Return a DataFrame with ``id``, ``path`` (relative to root) and ``captions``."""
         raise NotImplementedError
 
-    def _read(self, path: Path) -> torch.Tensor:
-        """Decode one sample's pixels (videos here; image datasets override)."""
+    def _read(self, path: Path, generator: torch.Generator) -> torch.Tensor:
+        """Decode one sample's pixels (videos here; image datasets override); `generator` draws frames."""
         return read_frames(
             path,
             self.num_frames,
@@ -123,6 +123,7 @@ class TextVideoDataset(Dataset):
             self.frame_size,
             root=self.root,
             num_threads=self.num_threads,
+            generator=generator,
             backend=self.decode_backend,
         )
 
@@ -197,12 +198,12 @@ class TextVideoDataset(Dataset):
         return int(self._epoch_order[1][index])
 
     # --- items ------------------------------------------------------------------------
-    def _text(self, captions: list[str]) -> Union[str, list[str]]:
+    def _text(self, captions: list[str], generator: torch.Generator) -> Union[str, list[str]]:
         if self.multi_caption:
             width = self.max_captions
             return list(captions) + [""] * (width - len(captions))
         if self.split == "train" and len(captions) > 1:
-            return captions[int(torch.randint(len(captions), (1,)))]
+            return captions[int(torch.randint(len(captions), (1,), generator=generator))]
         return captions[0]
 
     @functools.cached_property
@@ -223,22 +224,23 @@ class TextVideoDataset(Dataset):
         for attempt in range(attempts):
             position = (index + attempt) % len(self)
             row = self.records.iloc[self._record_index(position)]
+            generator = sample_generator(self.seed, self.epoch, position, attempt)
             try:
-                video = self._read(self.root / row["path"])
+                video = self._read(self.root / row["path"], generator)
             except VideoReadError as error:
                 if self.loading == "strict":
                     raise
                 self._count_skip()
                 log.warning("%s: skipping unreadable sample: %s", self.dataset_name, error)
                 continue
-            return self._item(video, row, position)
+            return self._item(video, row, position, generator)
         raise RuntimeError(
             f"{type(self).__name__}: {attempts} samples in a row from index {index} were "
             f"unreadable under {self.root}; check the files (loading='strict' names the first)"
         )
 
-    def _item(self, video: torch.Tensor, row: pd.Series, position: int) -> dict[str, Any]:
-        text = self._text(row["captions"])
+    def _item(self, video: torch.Tensor, row: pd.Series, position: int, generator: torch.Generator) -> dict[str, Any]:
+        text = self._text(row["captions"], generator)
         meta: dict[str, Any] = {
             "id": str(row["id"]),
             "path": str(row["path"]),
@@ -255,6 +257,18 @@ class TextVideoDataset(Dataset):
             f"samples={len(self)}, num_frames={self.num_frames}, frame_size={self.frame_size}, "
             f"loading={self.loading!r})"
         )
+
+
+def sample_generator(seed: int, epoch: int, position: int, attempt: int) -> torch.Generator:
+    """The randomness of one item (its frames, its caption), from where it sits in the run.
+
+    It depends on the run's seed (``seed_everything``), the dataset's ``seed``, the epoch, the
+    item's position and the lax-loading attempt, never on which worker reads it or what was
+    read before: a resumed loader draws exactly what the interrupted one would have.
+    """
+    run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    high, low = np.random.SeedSequence([run_seed, seed, epoch, position, attempt]).generate_state(2)
+    return torch.Generator().manual_seed((int(high) << 32) | int(low))
 
 
 def read_table(path: Path, required: set[str], what: str) -> pd.DataFrame:

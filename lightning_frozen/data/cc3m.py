@@ -70,5 +70,5 @@ class ConceptualCaptions3M(TextVideoDataset):
             }
         )
 
-    def _read(self, path: Path) -> torch.Tensor:
+    def _read(self, path: Path, generator: torch.Generator) -> torch.Tensor:
         return read_image(path, size=self.frame_size, root=self.root)
