@@ -92,7 +92,7 @@ def test_emulated_ipu_run_matches_plain_cpu_run():
     moved = [k for k in ref if not torch.equal(ref[k], start[k])]
     assert len(moved) > 20  # training really changed the weights
     for key in ref:
-        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_four_stage_pipeline_with_too_little_accumulation_is_rejected():

@@ -78,7 +78,8 @@ def test_two_towers_on_two_stages_and_two_replicas_match_a_cpu_run():
     assert run.optimizers[0].param_groups[0]["lr"] == 0.05 / (1 + STEPS)  # the schedule ran per host step
     for key, value in reference.state_dict().items():
         assert not torch.equal(value, start[key]), key
-        torch.testing.assert_close(emulated.state_dict()[key], value, rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(emulated.state_dict()[key], value, rtol=0, atol=1e-5,
+                                   msg=lambda m, key=key: f"{key}: {m}")
     expected = torch.cat(trainer(accelerator="cpu").predict(reference, pairs(7, seed=2)))
     assert predicted.shape == (7,)
     torch.testing.assert_close(predicted, expected, rtol=0, atol=1e-5)
