@@ -107,7 +107,7 @@ class FrozenModule(pl.LightningModule):
         return {name: self.compute_loss(one) for name, one in named_batches(batch).items() if one is not None}
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The summed loss of a step, without logging (what an IPU runs on the device)."""
+        """The summed loss of a step, without logging (IPUStrategy runs this on the device)."""
         return sum(self.dataset_losses(batch).values())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -127,9 +127,13 @@ class FrozenModule(pl.LightningModule):
                 self.log(f"data/skipped_{name}", float(count), sync_dist=True, reduce_fx="sum")
 
     # -- evaluation ------------------------------------------------------------------------
+    def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(text embeddings, video embeddings); under IPUStrategy, evaluation steps run this on the device."""
+        return self.model(video, input_ids, attention_mask)
+
     def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(text embeddings, video embeddings) of a batch."""
-        return self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+        return self(batch["video"], batch["input_ids"], batch["attention_mask"])
 
     def update_retrieval(self, stage: str, batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> None:
         """Add a batch's embeddings to the stage's retrieval metric (k captions per video allowed)."""
