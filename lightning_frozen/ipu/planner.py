@@ -87,15 +87,17 @@ def _linear(batch_tokens: int, fan_in: int, fan_out: int) -> int:
     return 2 * batch_tokens * fan_in * fan_out
 
 
-def video_block_flops(g: Geometry) -> int:
+def video_block_flops(g: Geometry, cls_only: bool = False) -> int:
+    """One space-time block; `cls_only`: the tower's last, which computes only what reaches the CLS token."""
     b, t, d, n, f = g.batch, g.video_tokens, g.video_dim, g.patches, g.frames
-    qkv_proj = 2 * (_linear(b * t, d, 3 * d) + _linear(b * t, d, d))  # time and space attention
-    cls = 2 * 4 * b * t * d  # the CLS query attends to every token, in both attentions
-    space = 4 * b * f * n * (n + 1) * d  # frame groups of N patches + the CLS key
-    time = 4 * b * n * f * (f + 1) * d  # position groups of F frames + the CLS key
+    cls = 4 * b * t * d  # the CLS query attends to every token
+    time = _linear(b * t, d, 3 * d) + _linear(b * t, d, d) + cls + 4 * b * n * f * (f + 1) * d  # + position groups
     hidden = int(d * g.mlp_ratio)
-    mlp = _linear(b * t, d, hidden) + _linear(b * t, hidden, d)
-    return qkv_proj + cls + space + time + mlp
+    if cls_only:  # space attention of the CLS query alone (keys and values of every token), MLP of the CLS
+        return time + 2 * _linear(b, d, d) + _linear(b * t, d, 2 * d) + cls + _linear(b, d, hidden) + \
+            _linear(b, hidden, d)
+    space = _linear(b * t, d, 3 * d) + _linear(b * t, d, d) + cls + 4 * b * f * n * (n + 1) * d  # + frame groups
+    return time + space + _linear(b * t, d, hidden) + _linear(b * t, hidden, d)
 
 
 def text_layer_flops(g: Geometry) -> int:
@@ -113,6 +115,7 @@ def forward_flops(g: Geometry) -> dict[str, int]:
         "txt_proj": _linear(g.batch, g.text_dim, g.projection_dim),
         "vid_patch_embed": patch,
         "vid_blocks": video_block_flops(g),
+        "vid_last_block": video_block_flops(g, cls_only=True),
         # the video projection, and the similarity matrix of the loss on the last stage
         "vid_proj": _linear(g.batch, g.video_dim, g.projection_dim) + 2 * g.batch * g.batch * g.projection_dim,
     }
@@ -161,9 +164,9 @@ def build_items(model: Any, g: Geometry, act_bytes: int) -> list[Item]:
     items.append(Item("model.video_model.patch_embed", video.patch_embed, embed_params, flops["vid_patch_embed"],
                       *acts["vid_patch_embed"], backward_factor=1))
     for i, block in enumerate(blocks):
-        norm = _count(video.norm) if i == len(blocks) - 1 else 0
-        items.append(Item(f"model.video_model.blocks[{i}]", block, _count(block) + norm, flops["vid_blocks"],
-                          *acts["vid_blocks"]))
+        last = i == len(blocks) - 1
+        items.append(Item(f"model.video_model.blocks[{i}]", block, _count(block) + (_count(video.norm) if last else 0),
+                          flops["vid_last_block" if last else "vid_blocks"], *acts["vid_blocks"]))
     items.append(Item("model.vid_proj", model.vid_proj, _count(model.vid_proj), flops["vid_proj"], *acts["vid_proj"]))
     return items
 

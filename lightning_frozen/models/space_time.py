@@ -63,7 +63,29 @@ class DividedAttention(nn.Module):
 
     The CLS query attends to every token. Patch queries attend within their group (the
     same frame for space attention, the same spatial position for time attention) plus
-    the CLS key/value, which is prepended to every group.
+    the CLS key/value, which every group shares.
+
+    How it computes, and why (one design for CPU and CUDA; `space_time_reference` holds
+    the straightforward version that tests and benchmarks compare it with):
+
+    * No repeated CLS copies per group and no layout round trips: the qkv projection is
+      split (a view) into the CLS row and the frame-major patches, and each attention
+      reads the patches through strided views.
+    * Space (groups of N patches, large): one copy puts each frame's keys and values
+      behind the CLS key, ``[B*F, 1+N]``; patch queries (a view) go through
+      ``scaled_dot_product_attention``, i.e. flash/cuDNN/efficient kernels on CUDA (bf16
+      and fp32) and the fused kernel on CPU. The CLS query reads the same buffer with a
+      key mask that keeps one CLS slot, so it needs no copy of its own.
+    * Time (groups of F frames + CLS, tiny): fused SDPA kernels work in 64-128 row tiles
+      and waste nearly all of them on 5-token groups (on an H100 cuDNN flash on these
+      groups took about a third of a training step), so the scores are batched matmuls
+      ``[F, F]`` per group with the CLS key's score as one more column, the softmax runs
+      in fp32 and the CLS value joins through ``baddbmm``. The CLS query's scores over all
+      tokens are one more matmul. Under torch.compile these small ops fuse.
+
+    On a CPU the tower is bound by its linear layers (about 80% of a training step), so
+    the fast path buys little there per block; `SpaceTimeTransformer.forward` also skips
+    the last block's work that cannot reach the CLS output.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -78,35 +100,85 @@ class DividedAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, frames: int, over: Literal["space", "time"]) -> Tensor:
-        b, n_tok, d = x.shape
-        h, hd = self.num_heads, self.head_dim
+        """Tokens [B, 1 + F*N, D] -> [B, 1 + F*N, D]."""
+        b, n_tok, dim = x.shape
         patches = (n_tok - 1) // frames
-        qkv = self.qkv(x).reshape(b, n_tok, 3, h, hd).permute(2, 0, 3, 1, 4)  # 3,B,h,N,hd
-        q, k, v = qkv.unbind(0)
+        cls, rest = self.qkv(x).split((1, n_tok - 1), dim=1)
+        cls = cls.view(b, 3, self.num_heads, self.head_dim)
+        rest = rest.view(b, frames, patches, 3, self.num_heads, self.head_dim)
+        attend = _space_attention if over == "space" else _time_attention
+        cls_out, patch_out = attend(cls, rest, self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(torch.cat([cls_out, patch_out], dim=1)))
+
+    def forward_cls(self, x: Tensor) -> Tensor:
+        """Space attention of the CLS query alone (it attends to every token): [B, 1, D].
+
+        For the last block, whose patch outputs never reach the CLS feature.
+        """
+        b, n_tok, dim = x.shape
+        h, hd = self.num_heads, self.head_dim
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(x[:, :1], weight[:dim], None if bias is None else bias[:dim])
+        kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
+        k, v = kv.view(b, n_tok, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q.view(b, 1, h, hd).transpose(1, 2), k, v, dropout_p=drop)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, 1, dim)))
 
-        cls_out = F.scaled_dot_product_attention(q[:, :, :1], k, v, dropout_p=drop)  # B,h,1,hd
 
-        def group(t: Tensor) -> Tensor:
-            t = t[:, :, 1:].reshape(b, h, frames, patches, hd)
-            if over == "time":
-                t = t.transpose(2, 3)  # groups = spatial positions, members = frames
-            groups, members = t.shape[2], t.shape[3]
-            return t.permute(0, 2, 1, 3, 4).reshape(b * groups, h, members, hd)
+def _space_attention(cls: Tensor, rest: Tensor, drop: float) -> tuple[Tensor, Tensor]:
+    """cls [B, 3, h, hd], rest [B, F, N, 3, h, hd] -> outputs [B, 1, D], [B, F*N, D]."""
+    b, frames, patches, _, h, hd = rest.shape
+    q_cls, kv_cls = cls.split((1, 2), dim=1)
+    q_rest, kv_rest = rest.split((1, 2), dim=3)
+    # Each frame's keys and values behind the CLS one: the only copy this attention makes.
+    kv = torch.cat([kv_cls[:, None, None].expand(b, frames, 1, 2, h, hd), kv_rest], dim=2)
+    k, v = kv.view(b * frames, 1 + patches, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q = q_rest.reshape(b * frames, patches, h, hd).transpose(1, 2)
+    patch_out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+    patch_out = patch_out.transpose(1, 2).reshape(b, frames * patches, h * hd)
+    # The CLS query over every token once: the CLS slot of frame 0 and all patch slots.
+    mask = None
+    if frames > 1:
+        mask = torch.ones(frames, 1 + patches, dtype=torch.bool, device=kv.device)
+        mask[1:, 0] = False
+        mask = mask.view(1, 1, 1, -1)
+    k_all, v_all = kv.view(b, frames * (1 + patches), 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    cls_out = F.scaled_dot_product_attention(q_cls.transpose(1, 2), k_all, v_all, attn_mask=mask, dropout_p=drop)
+    return cls_out.transpose(1, 2).reshape(b, 1, h * hd), patch_out
 
-        q_g, k_g, v_g = group(q), group(k), group(v)
-        n_groups = q_g.shape[0] // b
-        cls_k = k[:, :, :1].repeat_interleave(n_groups, dim=0)
-        cls_v = v[:, :, :1].repeat_interleave(n_groups, dim=0)
-        out = F.scaled_dot_product_attention(
-            q_g, torch.cat([cls_k, k_g], dim=2), torch.cat([cls_v, v_g], dim=2), dropout_p=drop
-        )  # B*G,h,M,hd
-        out = out.reshape(b, n_groups, h, -1, hd).permute(0, 2, 1, 3, 4)  # B,h,G,M,hd
-        if over == "time":
-            out = out.transpose(2, 3)
-        out = out.reshape(b, h, frames * patches, hd)
-        out = torch.cat([cls_out, out], dim=2).transpose(1, 2).reshape(b, n_tok, d)
-        return self.proj_drop(self.proj(out))
+
+def _softmax(logits: Tensor, scale: float, drop: float, dtype: torch.dtype) -> Tensor:
+    """Attention weights from raw scores: fp32 softmax (as SDPA kernels do), dropout, back to `dtype`."""
+    probs = (logits.float() * scale).softmax(dim=-1)
+    return F.dropout(probs, drop, training=drop > 0).to(dtype)
+
+
+def _time_attention(cls: Tensor, rest: Tensor, drop: float) -> tuple[Tensor, Tensor]:
+    """cls [B, 3, h, hd], rest [B, F, N, 3, h, hd] -> outputs [B, 1, D], [B, F*N, D]."""
+    b, frames, patches, _, h, hd = rest.shape
+    scale = hd ** -0.5
+    q_cls, k_cls, v_cls = cls.unbind(1)  # B,h,hd
+    # Groups of one spatial position: B,h,N,F,hd (one copy of q, k and v).
+    q, k, v = (t.permute(0, 3, 2, 1, 4).contiguous() for t in rest.unbind(3))
+    flat_k, flat_v = k.view(b, h, patches * frames, hd), v.view(b, h, patches * frames, hd)
+
+    to_cls = torch.matmul(q.view(b, h, patches * frames, hd), k_cls.unsqueeze(-1))
+    logits = torch.cat([to_cls.view(b, h, patches, frames, 1), torch.matmul(q, k.transpose(-1, -2))], dim=-1)
+    probs = _softmax(logits, scale, drop, v.dtype)  # B,h,N,F,1+F: the CLS key first
+    from_cls = probs[..., :1] * v_cls[:, :, None, None]
+    patch_out = torch.baddbmm(from_cls.view(-1, frames, hd), probs[..., 1:].reshape(-1, frames, frames),
+                              v.view(-1, frames, hd))
+    patch_out = patch_out.view(b, h, patches, frames, hd).permute(0, 3, 2, 1, 4).reshape(b, frames * patches, h * hd)
+
+    q_cls = q_cls.unsqueeze(2)  # B,h,1,hd
+    to_cls = torch.matmul(q_cls, k_cls.unsqueeze(-1))
+    logits = torch.cat([to_cls, torch.matmul(q_cls, flat_k.transpose(-1, -2))], dim=-1)
+    probs = _softmax(logits, scale, drop, v.dtype)  # B,h,1,1+N*F
+    from_cls = probs[..., :1] * v_cls.unsqueeze(2)
+    cls_out = torch.baddbmm(from_cls.view(b * h, 1, hd), probs[..., 1:].reshape(b * h, 1, patches * frames),
+                            flat_v.reshape(b * h, patches * frames, hd))
+    return cls_out.view(b, h, 1, hd).transpose(1, 2).reshape(b, 1, h * hd), patch_out
 
 
 class SpaceTimeBlock(nn.Module):
@@ -123,9 +195,13 @@ class SpaceTimeBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x: Tensor, frames: int) -> Tensor:
+    def forward(self, x: Tensor, frames: int, cls_only: bool = False) -> Tensor:
+        """[B, 1 + F*N, D] -> the same, or with `cls_only` just the CLS token [B, 1, D]."""
         t = x + self.timeattn(self.norm3(x), frames, "time")
-        y = x + self.drop_path(self.attn(self.norm1(t), frames, "space"))
+        if cls_only:
+            y = x[:, :1] + self.drop_path(self.attn.forward_cls(self.norm1(t)))
+        else:
+            y = x + self.drop_path(self.attn(self.norm1(t), frames, "space"))
         return y + self.drop_path(self.mlp(self.norm2(y)))
 
 
@@ -210,17 +286,27 @@ class SpaceTimeTransformer(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         return self.pos_drop(torch.cat([cls, x], dim=1))
 
-    def forward_features(self, video: Tensor) -> Tensor:
-        """All tokens after the final norm, [B, 1 + F*N, D]."""
+    def _tokens(self, video: Tensor, cls_only: bool) -> Tensor:
         frames = video.shape[1]
         x = self.embed(video)
-        for block in self.blocks:
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            only = cls_only and i == last
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, frames, use_reentrant=False)
+                x = checkpoint(block, x, frames, only, use_reentrant=False)
             else:
-                x = block(x, frames)
+                x = block(x, frames, only)
         return self.norm(x)
 
+    def forward_features(self, video: Tensor) -> Tensor:
+        """All tokens after the final norm, [B, 1+F*N, D]."""
+        return self._tokens(video, cls_only=False)
+
     def forward(self, video: Tensor) -> Tensor:
-        """video [B, F, 3, H, W] (F <= num_frames) -> CLS feature [B, D]."""
-        return self.forward_features(video)[:, 0]
+        """video [B, F, 3, H, W] (F <= num_frames) -> CLS feature [B, D].
+
+        The last block computes only what reaches the CLS token (its time attention, then
+        the CLS query's space attention and MLP): the patch tokens' space attention and MLP
+        there are dead work.
+        """
+        return self._tokens(video, cls_only=True)[:, 0]
