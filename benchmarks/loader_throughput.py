@@ -6,7 +6,9 @@ Training input is 4 frames at 224 px. Each pipeline is timed in two parts:
   - baseline (as the original Frozen code): decord at native size, ``float() / 255``.
   - ours: ``read_frames(..., size=256)``: sparse PyAV decoding (only the GOPs and frames
     the sampled ones need), uint8 centre square, uint8 resize to 256x256;
-    "ours-decord" is the same with ``backend="decord"`` (decord scaling while decoding).
+    "ours-decord" is the same with ``backend="decord"`` (decord scaling while decoding);
+    "torchcodec" (only when it is installed; it needs the system's FFmpeg libraries)
+    decodes the same frames with torchcodec's CPU decoder, then squares them as ours does.
 * augment: RandomResizedCrop(224, scale 0.5-1) + horizontal flip + normalise.
   - baseline: torchvision transforms on float, per clip, in the worker.
   - ours: kornia on a float batch of clips (on the training device in real runs; here
@@ -14,10 +16,15 @@ Training input is 4 frames at 224 px. Each pipeline is timed in two parts:
 
 Worker clips/s = 1 / (decode + the augmentation the worker does): baseline decode +
 augment, ours decode only. Everything runs with one torch thread (one worker's share).
-Sources: 2 s, 25 fps H.264 clips (x264 "medium", default keyframe spacing, textured
-moving content) of 256 and 360 px height, then the same clips after ``prepare_videos``.
+Sources: 2 s, 25 fps H.264 clips (x264 "medium", default keyframe spacing, a panning noise
+texture with sensor noise: a realistic bitrate, unlike flat shapes) of 256 and 360 px height,
+then the same clips after ``prepare_videos``.
 
-    python benchmarks/loader_throughput.py [--videos 8] [--clips 24] [--rounds 3]
+``--workers N`` also measures what a ``torch.utils.data.DataLoader`` with N worker processes
+delivers (ours, batches of 64 clips; the first batch is not timed): the rate a training run's
+input pipeline reaches on this machine's cores.
+
+    python benchmarks/loader_throughput.py [--videos 8] [--clips 24] [--rounds 3] [--workers 14]
 
 Prints a table and writes ``benchmarks/results/loader_throughput.json``.
 """
@@ -25,6 +32,7 @@ Prints a table and writes ``benchmarks/results/loader_throughput.json``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -32,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -103,6 +112,25 @@ def ours_decord_decode(path: Path) -> torch.Tensor:
     return read_frames(path, NUM_FRAMES, "rand", size=DECODE_SIZE, backend="decord")
 
 
+def torchcodec_decode(path: Path) -> torch.Tensor:
+    """torchcodec's CPU decoder on the frames ours samples, squared and resized as ours does."""
+    from torchcodec.decoders import VideoDecoder
+
+    from lightning_frozen.data.video import _square
+
+    decoder = VideoDecoder(str(path), num_ffmpeg_threads=1, seek_mode="exact", dimension_order="NHWC")
+    indices = sample_frame_indices(decoder.metadata.num_frames, NUM_FRAMES, "rand")
+    return _square(decoder.get_frames_at(indices).data.numpy(), DECODE_SIZE)
+
+
+def decoders() -> dict[str, Callable[[Path], torch.Tensor]]:
+    """Our pipelines' decode functions; torchcodec's only where it is installed."""
+    out = {"ours": ours_decode, "ours-decord": ours_decord_decode}
+    if importlib.util.find_spec("torchcodec") is not None:
+        out["torchcodec"] = torchcodec_decode
+    return out
+
+
 def ours_augment():
     import kornia.augmentation as K
 
@@ -128,20 +156,44 @@ def measure(paths: list[Path], clips: int, batch: int) -> dict[str, float]:
     base_aug, our_aug = baseline_augment(), ours_augment()
     decoded_base = [baseline_decode(p) for p in order[:batch]]
     decoded_ours = torch.stack([ours_decode(p) for p in order[:batch]])
-    result = {
-        "baseline_decode": time_per_clip(baseline_decode, order),
-        "ours_decode": time_per_clip(ours_decode, order),
-        "ours-decord_decode": time_per_clip(ours_decord_decode, order),
-        "baseline_augment": time_per_clip(base_aug, decoded_base),
-    }
+    result = {"baseline_decode": time_per_clip(baseline_decode, order),
+              "baseline_augment": time_per_clip(base_aug, decoded_base)}
+    for name, decode in decoders().items():
+        result[f"{name}_decode"] = time_per_clip(decode, order)
     with torch.no_grad():
         our_aug(decoded_ours.float().div(255))  # warm-up
         start = time.perf_counter()
         for _ in range(max(1, clips // batch)):
             our_aug(decoded_ours.float().div(255))
         result["ours_augment"] = (time.perf_counter() - start) / (max(1, clips // batch) * batch)
-    result["ours-decord_augment"] = result["ours_augment"]
+    for name in decoders():
+        result[f"{name}_augment"] = result["ours_augment"]
     return result
+
+
+class ClipFiles(torch.utils.data.Dataset):
+    """`length` clips read as a training worker reads them (ours), cycling over `paths`."""
+
+    def __init__(self, paths: list[Path], length: int):
+        self.paths, self.length = paths, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return ours_decode(self.paths[index % len(self.paths)])
+
+
+def loader_rate(paths: list[Path], workers: int, batch: int) -> float:
+    """Clips/s a DataLoader with `workers` processes delivers, after its first batch."""
+    batches = 1 + 3 * workers  # each worker fills about three batches after the first
+    loader = torch.utils.data.DataLoader(ClipFiles(paths, batch * batches), batch_size=batch, num_workers=workers)
+    clips = iter(loader)
+    next(clips)
+    start, count = time.perf_counter(), 0
+    for clip_batch in clips:
+        count += len(clip_batch)
+    return count / (time.perf_counter() - start)
 
 
 def median_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -151,7 +203,7 @@ def median_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
 def rows_for(source: str, height: int, t: dict[str, float], reference: dict[str, float]) -> list[dict]:
     base_worker = 1 / (reference["baseline_decode"] + reference["baseline_augment"])
     rows = []
-    for name in ("baseline", "ours", "ours-decord"):
+    for name in ("baseline", *decoders()):
         decode, augment = t[f"{name}_decode"], t[f"{name}_augment"]
         worker = 1 / (decode + augment) if name == "baseline" else 1 / decode
         rows.append({
@@ -171,6 +223,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=8, help="clips per kornia batch")
     parser.add_argument("--rounds", type=int, default=3, help="median over rounds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep generated clips here")
+    parser.add_argument("--workers", type=int, default=0, help="also time a DataLoader with this many workers")
+    parser.add_argument("--loader-batch", type=int, default=64, help="clips per DataLoader batch (--workers)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "loader_throughput.json")
     args = parser.parse_args(argv)
 
@@ -196,7 +250,8 @@ def main(argv=None) -> dict:
         for source in ("raw", "prepared"):
             rows += rows_for(source, height, medians[(source, height)], medians[("raw", height)])
 
-    header = f"{'source':9} {'height':>6} {'pipeline':11} {'decode ms':>9} {'aug ms':>7} {'worker clips/s':>14} {'x base':>7} {'all-CPU clips/s':>15} {'x base':>7}"
+    header = (f"{'source':9} {'height':>6} {'pipeline':11} {'decode ms':>9} {'aug ms':>7} {'worker clips/s':>14} "
+              f"{'x base':>7} {'all-CPU clips/s':>15} {'x base':>7}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -204,14 +259,24 @@ def main(argv=None) -> dict:
               f"{r['worker_clips_per_s']:14.1f} {r['worker_speedup_vs_raw_baseline']:7.2f} "
               f"{r['all_cpu_clips_per_s']:15.1f} {r['all_cpu_speedup_vs_raw_baseline']:7.2f}")
     print(f"prepare_videos: {2 * args.videos} clips in {prepare_seconds:.1f} s")
+    loaders = []
+    if args.workers:
+        for height in HEIGHTS:
+            for source, paths in (("raw", sources[height]), ("prepared", prepared[height])):
+                rate = loader_rate(paths, args.workers, args.loader_batch)
+                loaders.append({"source": source, "height": height, "workers": args.workers,
+                                "batch": args.loader_batch, "clips_per_s": rate})
+                print(f"DataLoader, {args.workers} workers, {source} {height} px: {rate:.1f} clips/s")
     result = {
         "rows": rows,
+        "dataloader": loaders,
         "prepare_seconds": prepare_seconds,
         "settings": {"num_frames": NUM_FRAMES, "out_size": OUT_SIZE, "decode_size": DECODE_SIZE,
                      "videos_per_height": args.videos, "clips": args.clips, "batch": args.batch,
                      "rounds": args.rounds, "torch_threads": 1},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "torch": torch.__version__, "cpus": __import__("os").cpu_count()},
+                    "torch": torch.__version__, "cpus": __import__("os").cpu_count(),
+                    "torchcodec": importlib.util.find_spec("torchcodec") is not None},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
