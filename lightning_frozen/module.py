@@ -44,6 +44,13 @@ class FrozenModule(pl.LightningModule):
             pretrained weights are loaded (``text.pretrained``, ``video.pretrained``). Either is read
             in ``configure_model``, never when a checkpoint (``ckpt_path``) provides the weights.
         temporal_fix: how init_from inflates the temporal embedding: "zeros", "interp", "bilinear".
+        compile: run the model through ``torch.compile`` ("default" or "max-autotune" mode) with static
+            shapes; each new shape (a stage's frame count, evaluation, a short last batch) compiles once,
+            and the frame curriculum starts afresh at every stage. "off": eager.
+        compile_backend: torch.compile backend ("inductor"; "aot_eager" compiles fast, for debugging).
+        float32_matmul_precision: ``torch.set_float32_matmul_precision`` for training steps on CUDA
+            ("high": TF32 matmuls for fp32 training); evaluation and prediction keep the process's own
+            setting (exact fp32 unless set otherwise). Ignored off CUDA.
     """
 
     def __init__(
@@ -61,6 +68,9 @@ class FrozenModule(pl.LightningModule):
         schedule: Literal["constant", "cosine"] = "constant",
         init_from: Optional[str] = None,
         temporal_fix: TemporalFix = "zeros",
+        compile: Literal["off", "default", "max-autotune"] = "off",
+        compile_backend: str = "inductor",
+        float32_matmul_precision: Literal["highest", "high", "medium"] = "high",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -71,6 +81,8 @@ class FrozenModule(pl.LightningModule):
         self.test_metrics = RetrievalMetrics()
         self._initial_weights_ready = False
         self._cached_total_steps: Optional[int] = None
+        self._compiled: Optional[Callable[..., tuple[Tensor, Tensor]]] = None
+        self._eval_precision: Optional[str] = None
 
     # -- weights ---------------------------------------------------------------------------
     def weights_from_checkpoint(self) -> None:
@@ -129,7 +141,7 @@ class FrozenModule(pl.LightningModule):
     # -- evaluation ------------------------------------------------------------------------
     def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
         """(text embeddings, video embeddings); under IPUStrategy, evaluation steps run this on the device."""
-        return self.model(video, input_ids, attention_mask)
+        return self._run_model()(video, input_ids, attention_mask)
 
     def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(text embeddings, video embeddings) of a batch."""
@@ -177,6 +189,59 @@ class FrozenModule(pl.LightningModule):
             "text": nn.functional.normalize(text_emb.float(), dim=-1).cpu(),
         }
 
+    # -- speed -----------------------------------------------------------------------------
+    def _run_model(self) -> Callable[..., tuple[Tensor, Tensor]]:
+        """The model, or its compiled forward (built on first use; outside the module tree, so
+        checkpoints keep their keys)."""
+        if self.hparams.compile == "off":
+            return self.model
+        if self._compiled is None:
+            mode = None if self.hparams.compile == "default" else self.hparams.compile
+            self._compiled = torch.compile(self.model.forward, dynamic=False, mode=mode,
+                                           backend=self.hparams.compile_backend)
+        return self._compiled
+
+    def setup(self, stage: str) -> None:
+        """Refuse a compiled run whose batches change shape with their captions."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if self.hparams.compile != "off" and getattr(datamodule, "padding", "max_length") != "max_length":
+            raise ValueError(
+                f"model.compile: {self.hparams.compile} compiles for static shapes, but data.padding is "
+                f"{datamodule.padding!r}: caption lengths then change from batch to batch and every new length "
+                "compiles again. Set data.padding: max_length (captions padded to data.max_length).")
+
+    def reset_compiled(self) -> None:
+        """Drop the compiled graphs (FrameCurriculum calls this when a stage changes the frame count),
+        so that a run of many stages never reaches torch.compile's recompile limit."""
+        if self._compiled is not None:
+            self._compiled = None
+            torch.compiler.reset()
+
+    def _training_precision(self, on: bool) -> None:
+        """`float32_matmul_precision` while training steps run on CUDA; the process's own otherwise."""
+        if self.device.type != "cuda":
+            return
+        if on:
+            if self._eval_precision is None:
+                self._eval_precision = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision(self.hparams.float32_matmul_precision)
+        elif self._eval_precision is not None:
+            torch.set_float32_matmul_precision(self._eval_precision)
+            self._eval_precision = None
+
+    def on_train_start(self) -> None:
+        self._training_precision(True)
+
+    def on_validation_start(self) -> None:
+        self._training_precision(False)
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.trainer.sanity_checking:
+            self._training_precision(True)
+
+    def on_train_end(self) -> None:
+        self._training_precision(False)
+
     # -- optimisation ----------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: decay / no decay, and the text tower apart when `text_lr` is set."""
@@ -209,7 +274,8 @@ class FrozenModule(pl.LightningModule):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr)
+        # fused: one kernel for all parameters on CUDA instead of several per tensor
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.lr, fused=self.device.type == "cuda")
         self._cached_total_steps = None  # this fit's (see _total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(self.lr_factor,
                                                                                    total_steps=self._total_steps))

@@ -147,6 +147,9 @@ class FrameCurriculum(pl.Callback):
             rank_zero_info(f"FrameCurriculum: stage {index - 1} best {self.monitor}="
                            f"{self.best_scores[index - 1]:.4f} reloaded from {Path(best).name}")
         self.entered_stage = index
+        reset_compiled = getattr(pl_module, "reset_compiled", None)
+        if reset_compiled is not None:  # a new frame count: compile this stage's shapes afresh
+            reset_compiled()
         rank_zero_info(f"FrameCurriculum: stage {index} ({self.stages[index].frames} frames) starts")
 
     # -- resumable state -------------------------------------------------------------------
