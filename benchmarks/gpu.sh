@@ -6,9 +6,9 @@
 #   benchmarks/gpu.sh --device cpu --quick   the same logic on a CPU: tiny model, a few seconds per cell
 #   benchmarks/gpu.sh fetch-wheels           here, with network: fill benchmarks/wheels/ (see below)
 #
-# Options: --budget-s S (model cells start only within S seconds; default 420, so that the whole
-# script fits a 10-minute slot), --skip-loader, --deps-only (install what is missing, then stop),
-# --require MOD[,MOD] (more modules that must import).
+# Options: --budget-s S (model cells start only within S seconds, and the model run is stopped
+# at S + 150 s; default 360, so that the whole script fits a 10-minute slot), --skip-loader,
+# --deps-only (install what is missing, then stop), --require MOD[,MOD] (more modules that must import).
 #
 # A GPU machine without network may lack our dependencies. Modules that do not import are
 # installed from the wheels in benchmarks/wheels/ (or $WHEELS) with `pip install --no-index
@@ -25,7 +25,7 @@ SITE="${SITE:-/tmp/lightning-frozen-site}"
 
 DEVICE=cuda
 QUICK=()
-BUDGET=420
+BUDGET=360
 OUT_DIR="$HERE/results"
 SKIP_LOADER=0
 DEPS_ONLY=0
@@ -115,8 +115,10 @@ if [[ $DEPS_ONLY -eq 1 ]]; then echo "gpu.sh: dependencies ready (PYTHONPATH=$PY
 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 } | tee "$OUT_DIR/environment.txt"
 
-"$PYTHON" "$HERE/model_throughput.py" --device "$DEVICE" --plan gpu --budget-s "$BUDGET" "${QUICK[@]}" \
-    --json "$OUT_DIR/model_throughput_gpu.json"
+# The JSON is rewritten after every cell: stopping a cell that overruns loses only that cell.
+timeout --signal=INT "$((${BUDGET%.*} + 150))" \
+    "$PYTHON" "$HERE/model_throughput.py" --device "$DEVICE" --plan gpu --budget-s "$BUDGET" "${QUICK[@]}" \
+    --json "$OUT_DIR/model_throughput_gpu.json" || echo "gpu.sh: the model run stopped early (exit $?)"
 
 if [[ $LOADER_OK -eq 1 ]]; then
     LOADER_ARGS=(--videos 4 --clips 8 --rounds 1 --workers 14)
