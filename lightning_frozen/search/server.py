@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence
 from urllib.parse import quote
 
-from .query import Index, read_bank
+from .query import Index, query_threads, read_bank
 from .windows import browser_playable
 
 MAX_QUERY_CHARS = 300
@@ -57,8 +57,9 @@ def create_app(index: Index):
                k: int = Query(10, ge=1, le=MAX_K),
                per: Literal["video", "clip"] = "video",
                aggregate: Literal["max", "mean"] = "max") -> list[dict]:
+        vector = index.encoder.encode_text([q])[0]  # outside the lock: queries encode side by side
         with lock:
-            hits = index.search(q, k, per, aggregate)
+            hits = index.search_vector(vector, k, per, aggregate)
         return [{**hit.as_json(), "thumbnail": f"/thumbnail/{hit.window_id}.jpg",
                  "media": "/media/" + quote(hit.path), "playable": browser_playable(hit.path, codecs.get(hit.path))}
                 for hit in hits]
@@ -97,6 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
+    query_threads()
     index = Index(args.index)
     if args.qb_norm_bank:
         index.set_query_bank(read_bank(args.qb_norm_bank))
