@@ -54,10 +54,11 @@ def querybank_normalize(sims: Tensor, log_norm: Tensor, activated: Tensor, beta:
     return torch.where(hubbed, normalized, sims)
 
 
-def dual_softmax(sims: Tensor, temperature: float = 0.05) -> Tensor:
+def dual_softmax(sims: Tensor, temperature: float = 0.05, dim: int = 0) -> Tensor:
     """Dual softmax inference (Cheng et al. 2021) on sims [Q, N]: each similarity weighted by a
-    softmax over the queries (dim 0), a prior that a gallery item answers this query more than others.
+    softmax along ``dim``; dim 0 (over the queries) is the prior that a gallery item answers this
+    query more than the other queries, for ranking the gallery per query.
 
     Transductive: it needs every test query at once, which real search never has.
     """
-    return sims * torch.softmax(sims / temperature, dim=0)
+    return sims * torch.softmax(sims / temperature, dim=dim)
