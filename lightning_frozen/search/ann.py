@@ -26,9 +26,9 @@ from . import store
 
 PathLike = Union[str, os.PathLike]
 
-# Measured with benchmarks/search.py on the 2-core CPU machine (256-d): exact search of one
-# query takes about 11 ms at 100k windows and grows linearly (about 110 ms at 1M); above this
-# size an IVF index answers in a few ms at recall@10 >= 0.95.
+# Measured with benchmarks/search.py on the 2-core CPU machine (128-d, one thread): exact
+# search of one query takes about 4 ms at 100k windows and grows linearly (about 40 ms at 1M,
+# most of the 50 ms budget); the IVF index answers in about 2 ms at 1M windows.
 APPROXIMATE_ABOVE = 200_000
 # Probes scanned per query; with nlist = 4 sqrt(N) this is about 2% of the lists.
 IVF_PROBE_SHARE = 0.02
