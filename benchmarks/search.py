@@ -24,9 +24,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -220,12 +220,9 @@ def server_rate(folder: Path, clients: int = 8, per_client: int = 50) -> dict:
                     errors.append(response.status)
             connection.close()
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
         started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client, range(clients)))
         elapsed = time.perf_counter() - started
     finally:
         process.terminate()
