@@ -233,3 +233,15 @@ def test_tiny_config_matches_the_checkpoint(ckpt):
     from lightning_frozen.safe_load import safe_torch_load
 
     assert safe_torch_load(ckpt)["hyper_parameters"] == tiny_config()
+
+
+def test_two_devices_through_trainer_predict_give_the_rows_of_one_process(tmp_path, built, ckpt):
+    videos, index_dir, _ = built
+    summary = build_index(videos, tmp_path / "ddp", ckpt, window_seconds=1.0, stride_seconds=0.5, batch_size=4,
+                          progress=False, devices=2, accelerator="cpu")
+    assert (summary.videos, summary.windows, len(summary.unreadable)) == (7, 49, 6)
+    got, want = rows(tmp_path / "ddp"), rows(index_dir)
+    assert [r[:4] + r[5:] for r in got] == [r[:4] + r[5:] for r in want]  # windows and thumbnails
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.frombuffer(a[4], np.float32), np.frombuffer(b[4], np.float32), atol=1e-5)
+    assert not (tmp_path / "ddp" / "parts").exists()

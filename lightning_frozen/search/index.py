@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from torch.utils.data import DataLoader
 
@@ -24,7 +24,7 @@ from ..data.folder import find_videos
 from . import ann, store
 from .encoder import Encoder, load_encoder, read_model_config
 from .store import EmbeddingSettings, Manifest
-from .windows import DecodedVideo, VideoWindows, split_embeddings, stack_clips
+from .windows import VideoWindows, split_embeddings, stack_clips
 
 PathLike = Union[str, os.PathLike]
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
@@ -80,18 +80,19 @@ def open_index_folder(out: Path, manifest: Manifest) -> None:
     manifest.write(out)
 
 
-def groups(videos: Iterator[DecodedVideo], batch_size: int) -> Iterator[list[DecodedVideo]]:
+def groups(videos: Iterable[Any], batch_size: int,
+           windows_of: Callable[[Any], int] = lambda v: 0 if v.clips is None else len(v.clips)) -> Iterator[list]:
     """Whole videos, gathered until they hold ``batch_size`` windows: one commit each.
 
     A group depends only on the videos from where it starts, so a resumed run (which starts
     at the first uncommitted video) forms the same groups, and embeds the same batches, as
     an uninterrupted one.
     """
-    group: list[DecodedVideo] = []
+    group: list = []
     windows = 0
     for video in videos:
         group.append(video)
-        windows += 0 if video.clips is None else len(video.clips)
+        windows += windows_of(video)
         if windows >= batch_size:
             yield group
             group, windows = [], 0
@@ -103,11 +104,13 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
                 model_config: Optional[Union[str, dict]] = None, *, encoder: Optional[Encoder] = None,
                 window_seconds: Optional[float] = None, stride_seconds: Optional[float] = None,
                 frames: Optional[int] = None, batch_size: int = 16, num_workers: int = 0,
-                progress: bool = True, approximate_above: int = ann.APPROXIMATE_ABOVE) -> IndexSummary:
+                progress: bool = True, approximate_above: int = ann.APPROXIMATE_ABOVE,
+                devices: int = 1, accelerator: str = "auto") -> IndexSummary:
     """Index (or update the index of) every video under ``videos`` into the folder ``out``.
 
     Give ``checkpoint`` (our ``.ckpt``; a published ``.pth.tar`` with ``model_config``, a preset
-    name or a dict) or an ``encoder`` already loaded. Returns an ``IndexSummary``.
+    name or a dict) or an ``encoder`` already loaded. ``devices`` > 1 embeds through Lightning's
+    ``Trainer.predict`` with DDP on that many devices of ``accelerator``. Returns an ``IndexSummary``.
     """
     started = time.perf_counter()
     root, out = Path(videos), Path(out)
@@ -126,7 +129,7 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
     open_index_folder(out, manifest)
     db = store.connect(out)
     try:
-        summary = _update(db, root, encoder, settings, batch_size, num_workers, progress)
+        summary = _update(db, root, encoder, settings, batch_size, num_workers, progress, devices, accelerator)
         index = ann.load(out, db, encoder.embedding_dim, approximate_above)
         summary.index_kind = index.kind
         summary.windows = len(index.window_ids)
@@ -139,7 +142,7 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
 
 
 def _update(db, root: Path, encoder: Encoder, settings: EmbeddingSettings, batch_size: int, num_workers: int,
-            progress: bool) -> IndexSummary:
+            progress: bool, devices: int = 1, accelerator: str = "auto") -> IndexSummary:
     summary = IndexSummary()
     on_disk = {p: os.stat(root / p) for p in find_videos(root, VIDEO_EXTENSIONS)}
     known = store.known_files(db)
@@ -149,6 +152,9 @@ def _update(db, root: Path, encoder: Encoder, settings: EmbeddingSettings, batch
     summary.removed = len(vanished)
     if vanished:
         store.commit_videos(db, [], drop=vanished)
+    if devices > 1:
+        return _update_from_devices(db, root, pending, encoder, settings, batch_size, num_workers, devices,
+                                    accelerator, summary)
     loader = DataLoader(VideoWindows(root, pending, settings), batch_size=None, num_workers=num_workers)
     bar = _progress(len(pending), progress)
     embedded_clips, embed_seconds = 0, 0.0
@@ -166,6 +172,24 @@ def _update(db, root: Path, encoder: Encoder, settings: EmbeddingSettings, batch
     if bar is not None:
         bar.close()
     summary.clips_per_second = embedded_clips / max(embed_seconds, 1e-9) if embedded_clips else 0.0
+    return summary
+
+
+def _update_from_devices(db, root: Path, pending: list[str], encoder: Encoder, settings: EmbeddingSettings,
+                         batch_size: int, num_workers: int, devices: int, accelerator: str,
+                         summary: IndexSummary) -> IndexSummary:
+    """Embed on ``devices`` processes (``Trainer.predict``, DDP), then commit in a single run's groups."""
+    from .distributed import embed_with_trainer
+
+    tick = time.perf_counter()
+    records = embed_with_trainer(root, pending, settings, encoder, batch_size, num_workers, devices, accelerator,
+                                 Path(db.execute("PRAGMA database_list").fetchone()[2]).parent / "parts")
+    clips = 0
+    for group in groups(records, batch_size, lambda r: len(r.spans)):
+        store.commit_videos(db, group)
+        clips += sum(len(r.spans) for r in group)
+        summary.embedded += sum(r.error is None for r in group)
+    summary.clips_per_second = clips / max(time.perf_counter() - tick, 1e-9)
     return summary
 
 
@@ -189,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, help="frames per window (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass and per commit")
     parser.add_argument("--num-workers", type=int, default=0, help="decoding worker processes")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="embed on this many devices through Trainer.predict with DDP (spawned processes)")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (with --devices)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -197,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     summary = build_index(args.videos, args.out, args.ckpt, args.model_config, window_seconds=args.window_seconds,
                           stride_seconds=args.stride_seconds, frames=args.frames, batch_size=args.batch_size,
-                          num_workers=args.num_workers, progress=not args.no_progress)
+                          num_workers=args.num_workers, progress=not args.no_progress, devices=args.devices,
+                          accelerator=args.accelerator)
     print(summary.report())
     return 0
