@@ -44,6 +44,10 @@ class FrozenModule(pl.LightningModule):
             pretrained weights are loaded (``text.pretrained``, ``video.pretrained``). Either is read
             in ``configure_model``, never when a checkpoint (``ckpt_path``) provides the weights.
         temporal_fix: how init_from inflates the temporal embedding: "zeros", "interp", "bilinear".
+        test_dual_softmax: a temperature turns on dual softmax for ``test`` (transductive: it sees
+            every test caption at once), reported beside the plain metrics as ``test/dsl_*``.
+        test_average_clips: average the video embeddings of test items that share a video (the
+            original multi-clip protocol, with ``lightning_frozen.data.multiclip.MultiClip``).
         compile: run the model through ``torch.compile`` ("default" or "max-autotune" mode) with static
             shapes; each new shape (a stage's frame count, evaluation, a short last batch) compiles once,
             and the frame curriculum starts afresh at every stage. "off": eager.
@@ -68,6 +72,8 @@ class FrozenModule(pl.LightningModule):
         schedule: Literal["constant", "cosine"] = "constant",
         init_from: Optional[str] = None,
         temporal_fix: TemporalFix = "zeros",
+        test_dual_softmax: Optional[float] = None,
+        test_average_clips: bool = False,
         compile: Literal["off", "default", "max-autotune"] = "off",
         compile_backend: str = "inductor",
         float32_matmul_precision: Literal["highest", "high", "medium"] = "high",
@@ -78,7 +84,8 @@ class FrozenModule(pl.LightningModule):
         self.loss_fn: nn.Module = (NormSoftmaxLoss(temperature) if loss == "norm_softmax"
                                    else MaxMarginRankingLoss(margin))
         self.val_metrics = RetrievalMetrics()
-        self.test_metrics = RetrievalMetrics()
+        self.test_metrics = RetrievalMetrics(dual_softmax=test_dual_softmax,
+                                             repeats="mean" if test_average_clips else "first")
         self._initial_weights_ready = False
         self._cached_total_steps: Optional[int] = None
         self._compiled: Optional[Callable[..., tuple[Tensor, Tensor]]] = None
