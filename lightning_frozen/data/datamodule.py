@@ -59,7 +59,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from .collate import TextVideoCollator, is_single_batch
-from .streaming import is_streaming, mark_batches_used, streaming_loader
+from .streaming import is_streaming, streaming_loader
 from .transforms import VideoTransform
 
 __all__ = ["FrozenDataModule", "dataset_names"]
@@ -308,7 +308,6 @@ class FrozenDataModule(pl.LightningDataModule):
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        batch = mark_batches_used(batch)  # a streaming loader's resume state counts batches from here
         train = self.trainer is not None and self.trainer.training
         return self.transform_batch(batch, train=train)
 

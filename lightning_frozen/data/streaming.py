@@ -20,18 +20,16 @@ How it keeps the project's guarantees:
   is replaced by the next decodable sample of the same chunk and counted (``num_skipped``),
   never dropped: dropping would give ranks different batch counts (a hang in the loss's
   all-gather) and break LitData's resume position (batches x batch size).
-* ``StreamingLoader`` (LitData's ``StreamingDataLoader``) saves, in Lightning checkpoints, the
-  position of the batches training actually used: Lightning fetches one batch ahead, so the
-  loader's own count runs one batch past the checkpoint.
+* ``StreamingLoader`` (LitData's ``StreamingDataLoader``) goes into Lightning checkpoints, and a
+  run resumed from a mid-epoch checkpoint reads exactly the samples not yet seen, then starts the
+  next epoch afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
-from collections import deque
 from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import torch
@@ -43,14 +41,12 @@ from torch.utils.data import get_worker_info
 from .base import Loading, sample_generator
 from .video import VideoReadError, decode_frames, decode_image
 
-__all__ = ["StreamingImageText", "StreamingLoader", "StreamingVideoText", "mark_batches_used"]
+__all__ = ["StreamingImageText", "StreamingLoader", "StreamingVideoText"]
 
 log = logging.getLogger(__name__)
 
 SAMPLE_KEYS = ("id", "path", "captions", "kind", "media")
 _SKIP_SLOTS = 256
-# Added to each batch by StreamingLoader; FrozenDataModule calls it when training takes the batch.
-USED_MARK = "_stream_batch_used"
 
 
 class _StreamingTextMedia(StreamingDataset):
@@ -250,16 +246,13 @@ class StreamingImageText(_StreamingTextMedia):
 
 
 class StreamingLoader(StreamingDataLoader):
-    """LitData's ``StreamingDataLoader`` with the DataModule's epoch-start hook and exact resume.
+    """LitData's ``StreamingDataLoader`` with the DataModule's epoch-start hook, resumable in Lightning.
 
     ``on_start`` runs where each pass over the data starts, in the main process, before any
-    worker reads (as ``FrozenDataModule``'s file loaders do). Each batch carries a mark that the
-    DataModule calls when training takes the batch (``mark_batches_used``); ``state_dict``
-    then describes the position after the last batch used, not after the batch Lightning has
-    fetched ahead, so a mid-epoch checkpoint resumes with exactly the samples not yet seen.
+    worker reads (as ``FrozenDataModule``'s file loaders do). Lightning saves ``state_dict`` in
+    its checkpoints and restores it on resume (it knows the loader's length, so it fetches no
+    batch ahead and the state is that of the last batch trained on).
     """
-
-    _KEEP = 16  # positions remembered: more than the batches any fetcher holds ahead
 
     def __init__(self, dataset: StreamingDataset, *args: Any, on_start: Optional[Callable[[], None]] = None,
                  **kwargs: Any) -> None:
@@ -267,42 +260,21 @@ class StreamingLoader(StreamingDataLoader):
             dataset.detect_ranks()
         super().__init__(dataset, *args, **kwargs)
         self.on_start = on_start
-        self._batches = 0  # batches yielded by this loader, all passes
-        self._positions: deque = deque(maxlen=self._KEEP)
-        self._used: Optional[int] = None
+        self._resumed_pass_started = False
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._resumed_pass_started = False
 
     def __iter__(self) -> Iterator[Any]:
+        if self.restore and self._resumed_pass_started:
+            # Lightning ends an epoch after its count of batches, without asking for one more:
+            # LitData then keeps its resume flag and would replay the resumed pass. This is a new pass.
+            self.restore = False
+        self._resumed_pass_started = self.restore
         if self.on_start is not None:
             self.on_start()
-        for batch in super().__iter__():
-            self._batches += 1
-            self._positions.append((self._batches, self._position()))
-            if isinstance(batch, dict):
-                batch[USED_MARK] = functools.partial(self._mark_used, self._batches)
-            yield batch
-
-    def _position(self) -> tuple[int, int, int, int]:
-        return (self._num_samples_yielded_streaming, self._latest_worker_idx, self.current_epoch,
-                self.dataset.current_epoch)
-
-    def _set_position(self, position: tuple[int, int, int, int]) -> None:
-        (self._num_samples_yielded_streaming, self._latest_worker_idx, self.current_epoch,
-         self.dataset.current_epoch) = position
-
-    def _mark_used(self, batch_number: int) -> None:
-        self._used = batch_number
-
-    def state_dict(self) -> dict[str, Any]:
-        """LitData's state as of the last batch training used (see the class docstring)."""
-        used = dict(self._positions).get(self._used)
-        if used is None or self._used == self._batches:
-            return super().state_dict()
-        now = self._position()
-        self._set_position(used)
-        try:
-            return super().state_dict()
-        finally:
-            self._set_position(now)
+        yield from super().__iter__()
 
     @property
     def samples_per_epoch(self) -> int:
@@ -312,8 +284,9 @@ class StreamingLoader(StreamingDataLoader):
     @property
     def dropped_per_epoch(self) -> int:
         """Samples no rank reads in an epoch: what LitData's drop_last leaves over."""
-        total = sum(end - begin for _, begin, end, _ in self.dataset.cache.get_chunk_intervals())
-        return total - self.samples_per_epoch * self.dataset.distributed_env.world_size
+        per_rank = self.samples_per_epoch  # sets up the dataset's shuffler, which holds the chunk index
+        total = sum(end - begin for _, begin, end, _ in self.dataset.shuffler.cache.get_chunk_intervals())
+        return total - per_rank * self.dataset.distributed_env.world_size
 
 
 def is_streaming(dataset: Any) -> bool:
@@ -334,16 +307,3 @@ def streaming_loader(dataset: StreamingDataset, batch_size: int, train: bool, on
                  getattr(dataset, "dataset_name", type(dataset).__name__), loader.samples_per_epoch,
                  loader.dropped_per_epoch)
     return loader
-
-
-def mark_batches_used(batch: Any) -> Any:
-    """Tell each streaming loader that training took its batch; returns the batch without the marks."""
-    if not isinstance(batch, dict):
-        return batch
-    mark = batch.pop(USED_MARK, None)
-    if mark is not None:
-        mark()
-    for value in batch.values():
-        if isinstance(value, dict) and USED_MARK in value:
-            value.pop(USED_MARK)()
-    return batch
