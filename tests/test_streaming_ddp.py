@@ -34,7 +34,8 @@ def _gradients(module: FrozenModule, datamodule: FrozenDataModule, batch: dict) 
     module.zero_grad()
     loss = module.compute_loss(datamodule.transform_batch(batch, train=False))  # deterministic resize and crop
     loss.backward()
-    return float(loss.detach()), {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
+    grads = {name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
 
 
 def _rank(rank: int, shards: str, text_dir: str, out: str) -> None:
