@@ -10,8 +10,11 @@ import yaml
 from conftest import TINY_VIDEO
 from litdata.streaming.cache import Cache
 
+from lightning_frozen.callbacks import FrameCurriculum
 from lightning_frozen.data import WebVid, read_frames, read_image
 from lightning_frozen.data.base import sample_generator
+from lightning_frozen.data.collate import named_batches
+from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.streaming import StreamingImageText, StreamingLoader, StreamingVideoText
 from lightning_frozen.data.video import VideoReadError, decode_frames, decode_image
 from lightning_frozen.module import FrozenModule
@@ -118,8 +121,8 @@ class Recording(FrozenModule):
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
         if self.trainer.training:
-            self.seen.append({name: [(i, int(v.sum())) for i, v in zip(b["meta"]["index"], b["video"])]
-                              for name, b in batch.items()})
+            self.seen.append({name: [(i, int(v.sum()), len(v)) for i, v in zip(b["meta"]["index"], b["video"])]
+                              for name, b in named_batches(batch).items()})
         return batch
 
 
@@ -166,9 +169,9 @@ def test_joint_streaming_training_from_yaml_and_exact_mid_epoch_resume(webvid_sh
     # 24 clips in batches of 2 set the epoch (12 steps); the 12 images (batches of 3) cycle 3 times in it.
     whole = _fit(config, tmp_path / "a", max_steps=16, enable_checkpointing=False)
     assert len(whole.seen) == 16 and all(set(s) == {"webvid", "cc3m"} for s in whole.seen)
-    first_epoch = [i for step in whole.seen[:12] for i, _ in step["webvid"]]
+    first_epoch = [i for step in whole.seen[:12] for i, _, _ in step["webvid"]]
     assert sorted(first_epoch) == list(range(24))
-    images = [i for step in whole.seen[:4] for i, _ in step["cc3m"]]
+    images = [i for step in whole.seen[:4] for i, _, _ in step["cc3m"]]
     assert sorted(images) == list(range(12))
 
     # A run checkpointed after step 5 (the images one batch into their second pass), then stopped.
@@ -180,3 +183,39 @@ def test_joint_streaming_training_from_yaml_and_exact_mid_epoch_resume(webvid_sh
     # Exactly the samples not yet seen at the checkpoint, in the same order, with the same frames,
     # through the end of the epoch and into the next one.
     assert resumed.seen == whole.seen[5:16]
+
+
+class _Loaders(pl.Callback):
+    """The training loader object and LitData's epoch at the end of each epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        loader = trainer.train_dataloader
+        self.seen.append((id(loader), loader.current_epoch))
+
+
+def test_frame_curriculum_over_a_stream_rebuilds_no_loader(webvid_shards, tmp_path, text_dir):
+    _, shards, _ = webvid_shards
+    train = StreamingVideoText(str(shards), num_frames=4, frame_size=32, cache_dir=str(tmp_path / "t"))
+    val = StreamingVideoText(str(shards), split="test", num_frames=4, frame_size=32, cache_dir=str(tmp_path / "v"),
+                             subsample=0.5)
+    datamodule = FrozenDataModule(train_datasets=[train], train_batch_sizes=4, val_datasets=[val], eval_batch_size=6,
+                                  tokenizer=text_dir, num_workers=2, persistent_workers=True, input_res=32,
+                                  max_length=16)
+    torch.manual_seed(0)
+    model = Recording(video=dict(TINY_VIDEO, num_frames=2), projection_dim=16,
+                      text=dict(name_or_path=text_dir, pretrained=False, config_overrides={"num_hidden_layers": 1}))
+    loaders = _Loaders()
+    curriculum = FrameCurriculum(stages=[{"frames": 1, "epochs": 1}, {"frames": 2, "epochs": 1}],
+                                 dirpath=str(tmp_path / "stages"))
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+                         callbacks=[curriculum, loaders])
+    trainer.fit(model, datamodule=datamodule)
+    frames = [{n for *_, n in step["train"]} for step in model.seen]
+    assert frames == [{1}] * 6 + [{2}] * 6  # 24 clips in batches of 4, 1 frame then 2
+    (first, epoch_a), (second, epoch_b) = loaders.seen
+    assert first == second and (epoch_a, epoch_b) == (1, 2)  # one loader; LitData's epoch moved on
+    assert "val/t2v_gmean" in trainer.callback_metrics  # the streamed validation set was evaluated

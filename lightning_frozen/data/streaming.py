@@ -274,7 +274,7 @@ class StreamingLoader(StreamingDataLoader):
         self._resumed_pass_started = self.restore
         if self.on_start is not None:
             self.on_start()
-        yield from super().__iter__()
+        return super().__iter__()
 
     @property
     def samples_per_epoch(self) -> int:
