@@ -36,6 +36,7 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _DistributedEnv
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import get_worker_info
 
 from .base import Loading, sample_generator
@@ -303,7 +304,6 @@ def streaming_loader(dataset: StreamingDataset, batch_size: int, train: bool, on
     """
     loader = StreamingLoader(dataset, batch_size=batch_size, drop_last=train, on_start=on_start, **kwargs)
     if train:
-        log.info("%s: %d samples per epoch per rank, %d left out by drop_last",
-                 getattr(dataset, "dataset_name", type(dataset).__name__), loader.samples_per_epoch,
-                 loader.dropped_per_epoch)
+        rank_zero_info(f"{getattr(dataset, 'dataset_name', type(dataset).__name__)}: {loader.samples_per_epoch} "
+                       f"samples per epoch per rank, {loader.dropped_per_epoch} left out by drop_last")
     return loader
