@@ -3,6 +3,8 @@
     lightning-frozen fit --config configs/demo.yaml
     lightning-frozen test --config configs/demo.yaml --ckpt_path runs/demo/.../stage1-4f-best.ckpt
     lightning-frozen synthetic --root data/synthetic_msrvtt --layout msrvtt
+    lightning-frozen index --ckpt BEST.ckpt --videos my_videos --out my_index
+    lightning-frozen search my_index "a dog catches a frisbee"
     lightning-frozen --help          # every subcommand, one line each
 """
 from __future__ import annotations
@@ -24,7 +26,13 @@ TRAINER_COMMANDS = {
 TOOL_COMMANDS = {
     "synthetic": ("lightning_frozen.data.synthetic.cli", "write synthetic data in the MSR-VTT / WebVid / CC3M layout"),
     "prepare": ("lightning_frozen.data.prepare", "re-encode a dataset's videos into a fast training mirror"),
+<<<<<<< HEAD
     "shard": ("lightning_frozen.data.shard", "write LitData shards of a dataset for streaming (local or s3://)"),
+=======
+    "index": ("lightning_frozen.search.index", "embed a folder of videos as windows into a search index"),
+    "search": ("lightning_frozen.search.query", "rank an index's videos for a text query"),
+    "serve": ("lightning_frozen.search.server", "a search page and JSON API over an index (FastAPI)"),
+>>>>>>> main
     "ipu-plan": ("lightning_frozen.ipu.planner", "per-IPU memory / FLOPs / balance report for a stage map"),
     "demo": ("lightning_frozen.demo", "synthetic data -> frame curriculum 1->4 -> test table (CPU, minutes)"),
 }

@@ -8,7 +8,7 @@ result never depends on sort stability).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from .similarity import sim_matrix
+from .similarity import dual_softmax, sim_matrix
 
 __all__ = [
     "t2v_metrics",
@@ -145,15 +145,23 @@ class RetrievalMetrics(Metric):
     ranks' samples. DistributedSampler pads the last batch by repeating samples;
     pass ``video_ids`` to drop those repeats (first occurrence kept). With ids the
     samples are also sorted by id, so the result never depends on rank order.
+    ``repeats="mean"`` averages the video embeddings of samples that share an id instead
+    (several clips of one video: ``MultiClip``, the original multi-clip test protocol), and
+    ``dual_softmax`` (a temperature) adds ``dsl_*`` metrics (transductive).
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, eps: float = 1e-8, **kwargs: Any) -> None:
+    def __init__(self, eps: float = 1e-8, dual_softmax: Optional[float] = None,
+                 repeats: Literal["first", "mean"] = "first", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if repeats not in ("first", "mean"):
+            raise ValueError(f"repeats must be 'first' or 'mean', got {repeats!r}")
         self.eps = eps
+        self.dual_softmax = dual_softmax
+        self.repeats = repeats
         self.add_state("text", default=[], dist_reduce_fx="cat")
         self.add_state("video", default=[], dist_reduce_fx="cat")
         self.add_state("mask", default=[], dist_reduce_fx="cat")
@@ -230,13 +238,30 @@ class RetrievalMetrics(Metric):
                     "on every rank and every update(), or on none."
                 )
             keep = _first_occurrence_sorted(ids)
-            text, video, mask = text[keep], video[keep], mask[keep]
+            video = _mean_per_id(ids, video) if self.repeats == "mean" else video[keep]
+            text, mask = text[keep], mask[keep]
         return text, video, mask
 
     def compute(self) -> dict[str, float]:
         text, video, mask = self._gathered()
         n, k, p = text.shape
-        return retrieval_metrics(sim_matrix(text.reshape(n * k, p), video, self.eps), mask.reshape(-1))
+        sims, valid = sim_matrix(text.reshape(n * k, p), video, self.eps), mask.reshape(-1)
+        out = retrieval_metrics(sims, valid)
+        if self.dual_softmax is not None:
+            out.update(dual_softmax_metrics(sims, valid, self.dual_softmax))
+        return out
+
+
+def _mean_per_id(ids: Tensor, video: Tensor) -> Tensor:
+    """Video embeddings averaged over the samples of each id, ordered by id.
+
+    Several clips of one video (``MultiClip``, the original code's sliding-window test) are
+    averaged; padding repeats (DistributedSampler) are copies, so their mean is the sample itself.
+    """
+    uniq, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+    sums = video.new_zeros(uniq.numel(), video.shape[1]).index_add_(0, inverse, video)
+    counts = torch.bincount(inverse, minlength=uniq.numel()).to(video.dtype).unsqueeze(1)
+    return sums / counts
 
 
 def _first_occurrence_sorted(ids: Tensor) -> Tensor:
@@ -247,6 +272,16 @@ def _first_occurrence_sorted(ids: Tensor) -> Tensor:
     return first.scatter_reduce(0, inverse, positions, reduce="amin")
 
 
+def dual_softmax_metrics(sims: Tensor, valid: Tensor, temperature: float) -> dict[str, float]:
+    """``dsl_t2v_*`` and ``dsl_v2t_*``: retrieval after dual softmax (transductive: it uses every
+    test query at once). t2v weighs each video's column by a softmax over the captions, v2t each
+    caption's row by a softmax over the videos; padded captions take no part."""
+    sims = sims.masked_fill(~valid.unsqueeze(1), -1e4)
+    out = {f"dsl_t2v_{key}": v for key, v in t2v_metrics(dual_softmax(sims, temperature, dim=0), valid).items()}
+    out.update({f"dsl_v2t_{key}": v for key, v in v2t_metrics(dual_softmax(sims, temperature, dim=1), valid).items()})
+    return out
+
+
 def format_metrics_table(metrics: dict[str, Any], prefix: str = "test") -> str:
     """Render ``{t2v_R1: .., v2t_MedR: ..}`` as a two-row text table for logs.
 
@@ -255,7 +290,10 @@ def format_metrics_table(metrics: dict[str, Any], prefix: str = "test") -> str:
     """
     header = ["R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", "gmean"]
     rows = []
-    for direction in ("t2v", "v2t"):
+    directions = ["t2v", "v2t"]
+    if _lookup(metrics, prefix, "dsl_t2v_R1") is not None:
+        directions += ["dsl_t2v", "dsl_v2t"]  # dual softmax: transductive
+    for direction in directions:
         cells = [f"{prefix} {direction}"]
         for key in METRIC_KEYS:
             value = _lookup(metrics, prefix, f"{direction}_{key}")

@@ -44,6 +44,10 @@ class FrozenModule(pl.LightningModule):
             pretrained weights are loaded (``text.pretrained``, ``video.pretrained``). Either is read
             in ``configure_model``, never when a checkpoint (``ckpt_path``) provides the weights.
         temporal_fix: how init_from inflates the temporal embedding: "zeros", "interp", "bilinear".
+        test_dual_softmax: a temperature turns on dual softmax for ``test`` (transductive: it sees
+            every test caption at once), reported beside the plain metrics as ``test/dsl_*``.
+        test_average_clips: average the video embeddings of test items that share a video (the
+            original multi-clip protocol, with ``lightning_frozen.data.multiclip.MultiClip``).
     """
 
     def __init__(
@@ -61,6 +65,8 @@ class FrozenModule(pl.LightningModule):
         schedule: Literal["constant", "cosine"] = "constant",
         init_from: Optional[str] = None,
         temporal_fix: TemporalFix = "zeros",
+        test_dual_softmax: Optional[float] = None,
+        test_average_clips: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -68,7 +74,8 @@ class FrozenModule(pl.LightningModule):
         self.loss_fn: nn.Module = (NormSoftmaxLoss(temperature) if loss == "norm_softmax"
                                    else MaxMarginRankingLoss(margin))
         self.val_metrics = RetrievalMetrics()
-        self.test_metrics = RetrievalMetrics()
+        self.test_metrics = RetrievalMetrics(dual_softmax=test_dual_softmax,
+                                             repeats="mean" if test_average_clips else "first")
         self._initial_weights_ready = False
         self._cached_total_steps: Optional[int] = None
 
@@ -107,7 +114,7 @@ class FrozenModule(pl.LightningModule):
         return {name: self.compute_loss(one) for name, one in named_batches(batch).items() if one is not None}
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
-        """The summed loss of a step, without logging (what an IPU runs on the device)."""
+        """The summed loss of a step, without logging (IPUStrategy runs this on the device)."""
         return sum(self.dataset_losses(batch).values())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -127,9 +134,13 @@ class FrozenModule(pl.LightningModule):
                 self.log(f"data/skipped_{name}", float(count), sync_dist=True, reduce_fx="sum")
 
     # -- evaluation ------------------------------------------------------------------------
+    def forward(self, video: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(text embeddings, video embeddings); under IPUStrategy, evaluation steps run this on the device."""
+        return self.model(video, input_ids, attention_mask)
+
     def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """(text embeddings, video embeddings) of a batch."""
-        return self.model(batch["video"], batch["input_ids"], batch["attention_mask"])
+        return self(batch["video"], batch["input_ids"], batch["attention_mask"])
 
     def update_retrieval(self, stage: str, batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> None:
         """Add a batch's embeddings to the stage's retrieval metric (k captions per video allowed)."""

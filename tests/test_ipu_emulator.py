@@ -31,33 +31,31 @@ def options(iters=1, repl=1, accum=1, **kw):
     return o
 
 
-def reference_adamw(model, micro_batches, steps, lr=0.01, reduction="mean"):
-    """Plain torch: for each step, the mean (or sum) of micro-batch gradients, then torch.optim.AdamW."""
+def reference_adamw(model, micro_batches, steps, lr=0.01):
+    """Plain torch: for each step, the mean of micro-batch gradients, then torch.optim.AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     per_step = len(micro_batches) // steps
     for s in range(steps):
         opt.zero_grad()
         for x, y in micro_batches[s * per_step:(s + 1) * per_step]:
             _, loss = model(x, y)
-            (loss / per_step if reduction == "mean" else loss).backward()
+            (loss / per_step).backward()
         opt.step()
     return model
 
 
-@pytest.mark.parametrize("iters,repl,accum,reduction", [(2, 2, 3, "mean"), (3, 1, 2, "sum"), (1, 4, 1, "mean")])
-def test_training_steps_once_per_accumulation_cycle_per_device_iteration(iters, repl, accum, reduction):
+@pytest.mark.parametrize("iters,repl,accum", [(2, 2, 3), (3, 1, 2), (1, 4, 1)])
+def test_training_steps_once_per_accumulation_cycle_per_device_iteration(iters, repl, accum):
     micro = 2
     x, y = torch.randn(iters * accum * repl * micro, 3), torch.randn(iters * accum * repl * micro)
     model, expected = Regressor(), Regressor()
-    o = options(iters, repl, accum)
-    o.Training.accumulationAndReplicationReductionType(
-        poptorch.ReductionType.Mean if reduction == "mean" else poptorch.ReductionType.Sum)
-    executor = poptorch.trainingModel(model, o, poptorch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.01))
+    executor = poptorch.trainingModel(model, options(iters, repl, accum),
+                                      poptorch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.01))
     executor(x, y)
     executor.copyWeightsToHost()
     # combined batch layout [iterations, accumulation, replicas, micro]: micro-batches are contiguous chunks
     chunks = list(zip(x.split(micro), y.split(micro)))
-    reference_adamw(expected, chunks, steps=iters, reduction=reduction)
+    reference_adamw(expected, chunks, steps=iters)
     for p, q in zip(model.parameters(), expected.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
@@ -125,15 +123,9 @@ def test_training_and_inference_executors_share_host_weights():
 
 @pytest.mark.parametrize("build,match", [
     (lambda: options(2, 2, 1).deviceIterations(0), "positive integer"),
-    (lambda: poptorch.Options().Precision.setPartialsType(torch.bfloat16), "torch.float or torch.half"),
-    (lambda: poptorch.Options().setAvailableMemoryProportion({"GPU0": 0.5}), "Invalid key"),
     (lambda: poptorch.Options().setAvailableMemoryProportion({"IPU0": 1.5}), r"\(0, 1\]"),
     (lambda: poptorch.Options().outputMode(poptorch.OutputMode.EveryN), "output_return_period"),
-    (lambda: poptorch.Options().Training.accumulationAndReplicationReductionType(
-        poptorch.ReductionType.NoReduction), "Mean or poptorch.ReductionType.Sum"),
     (lambda: poptorch.optim.AdamW(Regressor().parameters(), amsgrad=True), "amsgrad"),
-    (lambda: poptorch.optim.AdamW(Regressor().parameters(), accum_type=torch.bfloat16), "accum_type"),
-    (lambda: poptorch.inferenceModel(Regressor(), options(1, 1, 2)), "gradientAccumulation to 1"),
     (lambda: poptorch.inferenceModel(Regressor(), options(3, 1, 1, outputMode=(poptorch.OutputMode.EveryN, 2))),
      "must divide"),
 ])

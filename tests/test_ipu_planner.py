@@ -9,7 +9,7 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_frozen.ipu import StageMap, pipeline, planner
+from lightning_frozen.ipu import StageMapError, pipeline, planner
 from lightning_frozen.models import FrozenInTime, bundled_text_model_path
 from lightning_frozen.similarity import sim_matrix
 
@@ -19,8 +19,8 @@ TEXT = {"name_or_path": str(bundled_text_model_path()), "pretrained": False, "co
     "num_hidden_layers": 3, "hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 96}}
 CONFIG = {
     "trainer": {"accumulate_grad_batches": 5, "devices": 3, "strategy": {"init_args": {
-        "precision": "32", "stage_map": {"txt_embeddings": 0, "txt_layers": [0, 0, 0], "vid_patch_embed": 1,
-                                         "vid_blocks": [1, 1, 2, 2]},
+        "precision": "32", "stage_map": {"model.text_model": 0, "model.video_model.patch_embed": 1,
+                                         "model.video_model.blocks": [1, 1, 2, 2]},
         "training_opts": {"replication_factor": 1}}}},
     "model": {"video": VIDEO, "text": TEXT, "projection_dim": 24},
     "data": {"train_batch_sizes": B, "max_length": L},
@@ -67,8 +67,10 @@ def test_forward_flops_agree_with_torch_flop_counter(setup):
 def test_training_flops_agree_with_torch_flop_counter(setup):
     model, _, items, inputs = setup
     total, _ = torch_flops(model, inputs, backward=True)
-    assignment = planner.assignment_from_map(items, StageMap.from_config(CONFIG["trainer"]["strategy"]["init_args"]
-                                                                         ["stage_map"]))
+    stage_map = CONFIG["trainer"]["strategy"]["init_args"]["stage_map"]
+    assignment = planner.assignment_from_map(items, stage_map, planner.LightningRoot(model))
+    # the whole text tower (and the text projection after it) on IPU 0, the patch embedding and two blocks on 1
+    assert assignment == [0] * (1 + 3 + 1) + [1] * 3 + [2] * 3
     no_recompute = planner.plan(items, assignment, recompute=False)
     ours = sum(s.training_flops for s in no_recompute.stages)
     assert abs(ours - total) / total < 0.05, (ours, total)
@@ -95,8 +97,10 @@ def test_memory_accounting_follows_precision_and_optimizer_location(setup):
 def test_balance_minimises_the_slowest_stage_within_memory(setup, monkeypatch):
     model, _, items, _ = setup
     assignment = planner.balance(items, 3)
-    proposed = StageMap.from_config(planner.map_from_assignment(items, assignment))
-    pipeline.validate(proposed, model, num_ipus=3)
+    proposed = planner.map_from_assignment(items, assignment)
+    root = planner.LightningRoot(model)
+    pipeline.validate(proposed, root, num_ipus=3)
+    assert planner.assignment_from_map(items, proposed, root) == assignment
     costs = [it.training_flops(True) for it in items]
 
     def slowest(assign):
@@ -113,7 +117,7 @@ def test_balance_minimises_the_slowest_stage_within_memory(setup, monkeypatch):
 
 def test_cli_prints_every_ipu_and_writes_json(tmp_path, capsys):
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(CONFIG))
+    path.write_text(yaml.safe_dump(CONFIG, sort_keys=False))  # the stage map lists modules in execution order
     assert planner.main(["--config", str(path), "--balance", "--json", str(tmp_path / "plan.json")]) == 0
     out = capsys.readouterr().out
     for ipu in range(3):
@@ -122,3 +126,10 @@ def test_cli_prints_every_ipu_and_writes_json(tmp_path, capsys):
     data = json.loads((tmp_path / "plan.json").read_text())
     assert [s["ipu"] for s in data["current"]["stages"]] == [0, 1, 2]
     assert data["current"]["fill"] == pytest.approx(5 / (5 + 4))
+
+
+def test_map_finer_than_a_layer_is_named(setup):
+    model, _, items, _ = setup
+    with pytest.raises(StageMapError, match=r"model\.video_model\.blocks\.1\.attn holds none of the planned units"):
+        planner.assignment_from_map(items, {"model.text_model": 0, "model.video_model.blocks.1.attn": 1},
+                                    planner.LightningRoot(model))

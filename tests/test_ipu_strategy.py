@@ -15,11 +15,10 @@ from lightning_frozen.module import FrozenModule
 
 FRAMES = 2
 TOKENS = 8
-# A 4-stage map of the tiny model (2 text layers, 4 video blocks).
-FOUR_STAGES = {"txt_embeddings": 0, "txt_layers": [0, 1], "txt_proj": 1, "vid_patch_embed": 2,
-               "vid_blocks": [2, 2, 3, 3], "vid_proj": 3}
-TWO_STAGES = {"txt_embeddings": 0, "txt_layers": [0, 0], "txt_proj": 0, "vid_patch_embed": 1,
-              "vid_blocks": [1, 1, 1, 1], "vid_proj": 1}
+# A 4-stage map of the tiny model (2 text layers, 4 video blocks), and a 2-stage map by whole towers.
+FOUR_STAGES = {"model.text_model.embeddings": 0, "model.text_layers": [0, 1], "model.txt_proj": 1,
+               "model.video_model.patch_embed": 2, "model.video_model.blocks": [2, 2, 3, 3], "model.vid_proj": 3}
+TWO_STAGES = {"model.text_model": 0, "model.video_model": 1}
 
 
 def tiny_module(lr: float = 1e-3, num_frames: int = FRAMES) -> FrozenModule:
@@ -93,7 +92,7 @@ def test_emulated_ipu_run_matches_plain_cpu_run():
     moved = [k for k in ref if not torch.equal(ref[k], start[k])]
     assert len(moved) > 20  # training really changed the weights
     for key in ref:
-        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_four_stage_pipeline_with_too_little_accumulation_is_rejected():
@@ -107,7 +106,7 @@ def test_four_stage_pipeline_with_too_little_accumulation_is_rejected():
 def test_stage_map_checked_against_trainer_devices_before_compiling():
     strategy = ipu_strategy(FOUR_STAGES, replication_factor=2)
     run = trainer(accelerator="ipu", devices=4, strategy=strategy, max_steps=1)
-    with pytest.raises(StageMapError, match=r"vid_patch_embed = 2 is out of range.*trainer.devices: 8"):
+    with pytest.raises(StageMapError, match=r"model\.video_model\.patch_embed = 2 is out of range.*trainer.devices: 8"):
         run.fit(tiny_module(), loader(8, 2))
     assert strategy._train_exec is None  # nothing compiled
 
@@ -163,9 +162,9 @@ def test_frame_count_change_recompiles_and_keeps_training_state():
     compiles = []
     original = emu.PoplarExecutor._compile
 
-    def counting(self, flat):
-        compiles.append((self.training, tuple(t.shape[1] for t in flat if t.dim() == 5)))
-        return original(self, flat)
+    def counting(self, args, leaves):
+        compiles.append((self.training, tuple(t.shape[1] for t in leaves if t.dim() == 5)))
+        return original(self, args, leaves)
 
     strategy = ipu_strategy(TWO_STAGES, replication_factor=1)
     emu.PoplarExecutor._compile = counting
@@ -183,19 +182,13 @@ def test_frame_count_change_recompiles_and_keeps_training_state():
 
 def test_emulator_rejects_new_shapes_without_recompiling():
     model = tiny_module(num_frames=4).model
-    executor = emu.inferenceModel(model_step(model), emu.Options())
+    executor = emu.inferenceModel(model, emu.Options())
     executor(*encode_inputs(2, frames=2))
     with pytest.raises(emu.Error, match="call destroy"):
         executor(*encode_inputs(2, frames=4))
     executor.destroy()
     text, video = executor(*encode_inputs(2, frames=4))
     assert video.shape == (2, 16) and executor.compile_count == 2
-
-
-def model_step(model):
-    from lightning_frozen.ipu.strategy import _EncodeStep
-
-    return _EncodeStep(model)
 
 
 def encode_inputs(n, frames):
@@ -221,7 +214,7 @@ def test_checkpoints_hold_the_device_weights(tmp_path):
     run.fit(module, loader(4, 2))
     with torch.serialization.safe_globals([VideoConfig, TextConfig]):
         saved = torch.load(tmp_path / "mid.ckpt", weights_only=True)["state_dict"]
-    device = snapshots[0]  # the training executor wraps the LightningModule as `module`
+    device = snapshots[0]  # the training executor's step holds the LightningModule as `module`
     assert any(not torch.equal(saved[k], initial[k]) for k in saved)
     assert set(saved) <= {k[len("module."):] for k in device}  # device also holds non-persistent buffers
     for key, value in saved.items():

@@ -5,11 +5,10 @@ Importing this package registers ``accelerator: ipu`` and the ``ipu_strategy`` /
 """
 from .accelerator import IPUAccelerator
 from .accelerator import register as _register_accelerator
-from .backend import load_poptorch, poptorch_installed
 from .options import IPUOptions, build_options
 from .pipeline import StageMap, StageMapError
 from .precision import IPUPrecision
-from .strategy import IPUStrategy
+from .strategy import IPUStrategy, load_poptorch
 from .strategy import register as _register_strategy
 
 _register_accelerator()
@@ -17,5 +16,5 @@ _register_strategy()
 
 __all__ = [
     "IPUAccelerator", "IPUStrategy", "IPUPrecision", "IPUOptions", "StageMap", "StageMapError",
-    "build_options", "load_poptorch", "poptorch_installed",
+    "build_options", "load_poptorch",
 ]

@@ -14,7 +14,6 @@ from pytorch_lightning.accelerators import Accelerator
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 
-
 class IPUAccelerator(Accelerator):
     """Graphcore IPUs driven through poptorch (or the CPU emulator)."""
 
@@ -38,7 +37,8 @@ class IPUAccelerator(Accelerator):
                 return 1
             devices = int(devices)
         if not isinstance(devices, int) or devices < 1:
-            raise MisconfigurationException(f"trainer.devices for IPUs must be a positive number of IPUs, got {devices!r}")
+            raise MisconfigurationException(
+                f"trainer.devices for IPUs must be a positive number of IPUs, got {devices!r}")
         return devices
 
     @staticmethod

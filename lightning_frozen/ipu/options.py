@@ -63,9 +63,10 @@ def build_options(poptorch: ModuleType, opts: IPUOptions, *, training: bool,
     o.replicationFactor(opts.replication_factor)
     if training:
         o.Training.gradientAccumulation(gradient_accumulation)
-    elif gradient_accumulation != 1:
-        raise ValueError("inference executors cannot accumulate gradients: set gradient_accumulation to 1 "
-                         "(use device_iterations for a deeper pipeline)")
+    elif opts.gradient_accumulation not in (None, 1):
+        raise ValueError(f"inference_opts.gradient_accumulation is {opts.gradient_accumulation}, but inference "
+                         "executors cannot accumulate gradients; fix: remove it (use device_iterations for a "
+                         "deeper pipeline)")
     if opts.output_mode not in _OUTPUT_MODES:
         raise ValueError(f"output_mode {opts.output_mode!r} is not one of {sorted(_OUTPUT_MODES)}")
     if opts.output_mode != "default":

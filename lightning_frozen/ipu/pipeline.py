@@ -1,192 +1,174 @@
-"""The pipeline stage map: which IPU runs which part of FrozenInTime.
+"""The pipeline stage map: which IPU runs which modules of a LightningModule.
 
-The map names groups of the model in execution order (the text tower runs first in
-``FrozenInTime.forward``, then the video tower; similarity and loss follow the last stage):
+The map names module paths of the LightningModule, in the order the forward pass runs them,
+each with an IPU id. A path is followed attribute by attribute, so it may go through a
+property (``model.text_layers`` finds the layers of any Hugging Face encoder) and name one
+child of a container (``model.video_model.blocks.3``). A ``ModuleList`` or ``Sequential``
+stands for its children: give it one id (all children) or a list with one id per child.
+Modules the map does not name run on the IPU of the module before them (poptorch's rule).
+FrozenInTime on 8 IPUs (the Graphcore port's map)::
 
-    txt_embeddings: 0            # text embeddings
-    txt_layers: [1, 1, 1, 2, 2, 2]   # one entry per transformer layer
-    txt_proj: 2
-    vid_patch_embed: 3           # patch embedding + CLS/position/time embeddings
-    vid_blocks: [4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7, 7]  # one entry per space-time block
-    vid_proj: 7
+    model.text_model.embeddings: 0
+    model.text_layers: [1, 1, 1, 2, 2, 2]
+    model.txt_proj: 2
+    model.video_model.patch_embed: 3        # and the CLS/position/time embeddings after it
+    model.video_model.blocks: [4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7]
+    model.vid_proj: 7                       # then similarity and loss
 
-``validate`` checks the map against the model before anything compiles; every error names
-the group, the index and the fix. ``apply`` turns it into poptorch stage boundaries
-(``BeginBlock``) with a recomputation checkpoint at the output of every stage's last module.
+``validate`` checks the map against the module and the IPU count before anything compiles;
+every error names the path, the index and the fix. ``apply`` turns it into poptorch stage
+boundaries (``BeginBlock``) with a recomputation checkpoint at the output of every stage's
+last named module.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
 from types import ModuleType
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
-from torch import nn
+from torch import Tensor, nn
 
-GROUPS = ("txt_embeddings", "txt_layers", "txt_proj", "vid_patch_embed", "vid_blocks", "vid_proj")
-LIST_GROUPS = ("txt_layers", "vid_blocks")
+StageMap = dict[str, Union[int, list[int]]]
 
 
 class StageMapError(ValueError):
     """A stage map that does not fit the model or the IPU count."""
 
 
-@dataclass
-class StageMap:
-    """IPU id per model group; list groups have one entry per layer/block."""
+class Entry(NamedTuple):
+    """One placed module: its name in errors and blocks (``path`` or ``path[i]``), the module, its IPU."""
 
-    txt_embeddings: int = 0
-    txt_layers: list[int] = field(default_factory=list)
-    txt_proj: Optional[int] = None
-    vid_patch_embed: int = 0
-    vid_blocks: list[int] = field(default_factory=list)
-    vid_proj: Optional[int] = None
-    recompute: bool = True
-
-    @classmethod
-    def from_config(cls, value: Union["StageMap", dict, None]) -> Optional["StageMap"]:
-        if value is None or isinstance(value, StageMap):
-            return value
-        unknown = sorted(set(value) - set(GROUPS) - {"recompute"})
-        if unknown:
-            raise StageMapError(f"stage map: unknown group(s) {unknown}; the groups are {list(GROUPS)}")
-        return cls(**value)
-
-    def entries(self) -> list[tuple[str, Optional[int], int]]:
-        """(group, index or None, ipu) in execution order; proj groups default to their tower's last IPU."""
-        out: list[tuple[str, Optional[int], int]] = [("txt_embeddings", None, self.txt_embeddings)]
-        out += [("txt_layers", i, ipu) for i, ipu in enumerate(self.txt_layers)]
-        txt_last = self.txt_layers[-1] if self.txt_layers else self.txt_embeddings
-        out.append(("txt_proj", None, txt_last if self.txt_proj is None else self.txt_proj))
-        out.append(("vid_patch_embed", None, self.vid_patch_embed))
-        out += [("vid_blocks", i, ipu) for i, ipu in enumerate(self.vid_blocks)]
-        vid_last = self.vid_blocks[-1] if self.vid_blocks else self.vid_patch_embed
-        out.append(("vid_proj", None, vid_last if self.vid_proj is None else self.vid_proj))
-        return out
-
-    @property
-    def ipus_per_replica(self) -> int:
-        return max(ipu for _, _, ipu in self.entries()) + 1
-
-    def num_stages(self) -> int:
-        """Pipeline stages (poptorch's ``AutoStage.SameAsIpu``: one stage per IPU)."""
-        return len({ipu for _, _, ipu in self.entries()})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"txt_embeddings": self.txt_embeddings, "txt_layers": list(self.txt_layers),
-                "txt_proj": self.txt_proj, "vid_patch_embed": self.vid_patch_embed,
-                "vid_blocks": list(self.vid_blocks), "vid_proj": self.vid_proj}
+    name: str
+    module: nn.Module
+    ipu: Any
 
 
-def _where(group: str, index: Optional[int]) -> str:
-    return f"{group}[{index}]" if index is not None else group
-
-
-def model_groups(model: nn.Module) -> dict[str, Any]:
-    """The modules each group names, found on a FrozenInTime (or anything shaped like it)."""
-    text_layers = getattr(model, "text_layers", None)
-    if text_layers is None:
-        from ..models.text import transformer_layers
-
-        text_layers = transformer_layers(model.text_model)
-    return {
-        "txt_embeddings": model.text_model.embeddings,
-        "txt_layers": list(text_layers),
-        "txt_proj": model.txt_proj,
-        "vid_patch_embed": model.video_model.patch_embed,
-        "vid_blocks": list(model.video_model.blocks),
-        "vid_proj": model.vid_proj,
-    }
-
-
-def validate(stage_map: StageMap, model: nn.Module, *, num_ipus: Optional[int] = None,
-             replication_factor: int = 1) -> None:
-    """Check the map against the model and the IPU count; raise StageMapError naming group, index and fix."""
-    groups = model_groups(model)
-    for group in LIST_GROUPS:
-        entries, layers = getattr(stage_map, group), groups[group]
-        if not isinstance(entries, (list, tuple)):
-            raise StageMapError(f"stage map: {group} must be a list with one IPU id per layer "
-                                f"({len(layers)} layers), got {entries!r}")
-        if len(entries) != len(layers):
-            kind = "transformer layers" if group == "txt_layers" else "space-time blocks"
-            index = min(len(entries), len(layers))
+def _resolve(root: nn.Module, path: str) -> nn.Module:
+    node: Any = root
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        try:
+            node = getattr(node, part)
+        except AttributeError:
+            known = [name for name, _ in root.named_modules() if name]
+            close = difflib.get_close_matches(path, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise StageMapError(
-                f"stage map: {group} has {len(entries)} entries but the model has {len(layers)} {kind}; "
-                f"the first unmatched index is {group}[{index}]. Fix: give exactly one IPU id per layer "
-                f"({len(layers)} entries).")
+                f"stage map: {path!r} is not a module of {type(root).__name__} ({'.'.join(parts[:depth]) or 'it'} "
+                f"has no {part!r}); fix: {hint}name a module path as printed by print(model)") from None
+    if not isinstance(node, nn.Module):
+        raise StageMapError(f"stage map: {path!r} is a {type(node).__name__}, not a module; fix: name a module path")
+    return node
+
+
+def entries(stage_map: StageMap, root: nn.Module) -> list[Entry]:
+    """The map's modules in its (execution) order; a ModuleList, or a container given a list, as its children."""
+    out: list[Entry] = []
+    for path, ipu in stage_map.items():
+        module = _resolve(root, path)
+        if not isinstance(ipu, (list, tuple)) and not isinstance(module, nn.ModuleList):
+            out.append(Entry(path, module, ipu))  # a ModuleList is never called: its children are placed
+            continue
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            raise StageMapError(f"stage map: {path} is a {type(module).__name__}, not a ModuleList or "
+                                f"Sequential, so it takes one IPU id, got {ipu!r}; fix: give one id")
+        children = list(module)
+        ids = ipu if isinstance(ipu, (list, tuple)) else [ipu] * len(children)
+        if len(ids) != len(children):
+            kind = type(children[0]).__name__ if children else "module"
+            raise StageMapError(
+                f"stage map: {path} has {len(ids)} entries but the model has {len(children)} {kind} modules there; "
+                f"the first unmatched index is {path}[{min(len(ids), len(children))}]. Fix: give exactly one IPU "
+                f"id per child ({len(children)} entries), or one id for all of them.")
+        out += [Entry(f"{path}[{i}]", child, child_ipu) for i, (child, child_ipu) in enumerate(zip(children, ids))]
+    return out
+
+
+def ipu_ids(stage_map: StageMap) -> list[int]:
+    """Every IPU id the map names (with repeats)."""
+    return [i for v in stage_map.values() for i in (v if isinstance(v, (list, tuple)) else [v])]
+
+
+def ipus_per_replica(stage_map: StageMap) -> int:
+    return max(ipu_ids(stage_map), default=0) + 1
+
+
+def num_stages(stage_map: StageMap) -> int:
+    """Pipeline stages (poptorch's ``AutoStage.SameAsIpu``: one stage per IPU)."""
+    return len(set(ipu_ids(stage_map)))
+
+
+def validate(stage_map: StageMap, root: nn.Module, *, num_ipus: Optional[int] = None,
+             replication_factor: int = 1) -> list[Entry]:
+    """Check the map against the module and the IPU count; raise StageMapError naming path, index and fix."""
+    placed = entries(stage_map, root)
     per_replica = None
     if num_ipus is not None:
         if num_ipus % replication_factor:
             raise StageMapError(f"stage map: {num_ipus} IPUs cannot hold {replication_factor} replicas; "
                                 "fix: make trainer.devices a multiple of the replication factor")
         per_replica = num_ipus // replication_factor
-    previous: Optional[tuple[str, Optional[int], int]] = None
-    for group, index, ipu in stage_map.entries():
+    seen: dict[int, str] = {}
+    previous: Optional[Entry] = None
+    for entry in placed:
+        name, ipu = entry.name, entry.ipu
+        if id(entry.module) in seen:
+            raise StageMapError(f"stage map: {name} is the same module as {seen[id(entry.module)]}; "
+                                "fix: name each module once")
+        seen[id(entry.module)] = name
         if isinstance(ipu, bool) or not isinstance(ipu, int) or ipu < 0:
-            raise StageMapError(f"stage map: {_where(group, index)} = {ipu!r} is not an IPU id; "
-                                "fix: use an integer >= 0")
+            raise StageMapError(f"stage map: {name} = {ipu!r} is not an IPU id; fix: use an integer >= 0")
         if per_replica is not None and ipu >= per_replica:
             raise StageMapError(
-                f"stage map: {_where(group, index)} = {ipu} is out of range: each of the {replication_factor} "
-                f"replica(s) has {per_replica} IPU(s) (ids 0..{per_replica - 1}) out of {num_ipus}; fix: use an id "
-                f"below {per_replica} or set trainer.devices: {stage_map.ipus_per_replica * replication_factor}")
-        if previous is not None and ipu < previous[2]:
+                f"stage map: {name} = {ipu} is out of range: each of the {replication_factor} replica(s) has "
+                f"{per_replica} IPU(s) (ids 0..{per_replica - 1}) out of {num_ipus}; fix: use an id below "
+                f"{per_replica} or set trainer.devices: {ipus_per_replica(stage_map) * replication_factor}")
+        if previous is not None and ipu < previous.ipu:
             raise StageMapError(
-                f"stage map: {_where(group, index)} = {ipu} comes after {_where(previous[0], previous[1])} = "
-                f"{previous[2]}, but pipeline stages must run in execution order (text tower, then video "
-                f"tower); fix: use an IPU id >= {previous[2]} here")
-        previous = (group, index, ipu)
-    used = sorted({ipu for _, _, ipu in stage_map.entries()})
-    missing = sorted(set(range(used[-1] + 1)) - set(used))
+                f"stage map: {name} = {ipu} comes after {previous.name} = {previous.ipu}, but pipeline stages "
+                f"must run in execution order (the map lists modules in the order the forward pass runs them); "
+                f"fix: use an IPU id >= {previous.ipu} here")
+        previous = entry
+    used = sorted({e.ipu for e in placed})
+    missing = sorted(set(range(used[-1] + 1)) - set(used)) if used else []
     if missing:
-        raise StageMapError(f"stage map: IPU(s) {missing} get no group (an idle pipeline stage); fix: renumber "
+        raise StageMapError(f"stage map: IPU(s) {missing} get no module (an idle pipeline stage); fix: renumber "
                             f"the map so that it uses IPUs 0..{len(used) - 1} contiguously")
-    if num_ipus is not None:
-        needed = stage_map.ipus_per_replica * replication_factor
-        if needed != num_ipus:
-            raise StageMapError(
-                f"stage map: the map uses {stage_map.ipus_per_replica} IPU(s) per replica x replication factor "
-                f"{replication_factor} = {needed} IPUs, but trainer.devices is {num_ipus}; fix: set "
-                f"trainer.devices: {needed} (or change the map or the replication factor)")
+    if num_ipus is not None and ipus_per_replica(stage_map) * replication_factor != num_ipus:
+        needed = ipus_per_replica(stage_map) * replication_factor
+        raise StageMapError(
+            f"stage map: the map uses {ipus_per_replica(stage_map)} IPU(s) per replica x replication factor "
+            f"{replication_factor} = {needed} IPUs, but trainer.devices is {num_ipus}; fix: set "
+            f"trainer.devices: {needed} (or change the map or the replication factor)")
+    return placed
 
 
 def _checkpoint_hook(poptorch: ModuleType):
     def hook(module: nn.Module, args: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
+        if isinstance(output, Tensor):
+            return poptorch.recomputationCheckpoint(output)
+        if isinstance(output, tuple) and output and isinstance(output[0], Tensor):  # Hugging Face layers
             return (poptorch.recomputationCheckpoint(output[0]),) + tuple(output[1:])
-        if hasattr(output, "last_hidden_state"):
-            return output
-        return poptorch.recomputationCheckpoint(output)
+        return output
 
     return hook
 
 
-def apply(stage_map: StageMap, model: nn.Module, poptorch: ModuleType) -> list[tuple[str, int]]:
-    """Annotate ``model`` in place: a ``BeginBlock`` wherever the IPU changes, checkpoints at stage ends.
+def apply(stage_map: StageMap, root: nn.Module, poptorch: ModuleType, recompute: bool = True) -> list[tuple[str, int]]:
+    """Annotate ``root`` in place: a ``BeginBlock`` wherever the IPU changes, checkpoints at stage ends.
 
     Returns the (block name, ipu) list in execution order. Safe to call again (hooks are replaced).
     """
-    groups = model_groups(model)
-    _remove_hooks(model)
+    for handle in root.__dict__.pop("_ipu_stage_hooks", []):
+        handle.remove()
     blocks: list[tuple[str, int]] = []
     stage_last: dict[int, nn.Module] = {}
-    current: Optional[int] = None
-    for group, index, ipu in stage_map.entries():
-        module = groups[group][index] if index is not None else groups[group]
-        if ipu != current:
-            name = _where(group, index)
-            poptorch.BeginBlock(module, name, ipu_id=ipu)
-            blocks.append((name, ipu))
-            current = ipu
-        stage_last[ipu] = module
-    if stage_map.recompute:
+    for entry in entries(stage_map, root):
+        if not blocks or entry.ipu != blocks[-1][1]:
+            poptorch.BeginBlock(entry.module, entry.name, ipu_id=entry.ipu)
+            blocks.append((entry.name, entry.ipu))
+        stage_last[entry.ipu] = entry.module
+    if recompute:
         hook = _checkpoint_hook(poptorch)
-        for module in stage_last.values():
-            handle = module.register_forward_hook(hook)
-            model.__dict__.setdefault("_ipu_stage_hooks", []).append(handle)
+        root.__dict__["_ipu_stage_hooks"] = [m.register_forward_hook(hook) for m in stage_last.values()]
     return blocks
-
-
-def _remove_hooks(model: nn.Module) -> None:
-    for handle in model.__dict__.pop("_ipu_stage_hooks", []):
-        handle.remove()

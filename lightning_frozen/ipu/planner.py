@@ -8,15 +8,17 @@ of the stage map:
 * an activation estimate for one micro-batch with recomputation: the working set of the
   stage's largest layer plus the stage-boundary tensors stashed for the micro-batches in flight;
 * forward and training FLOPs per micro-batch (training = forward + backward (2x; 1x for the
-  patch embedding, whose pixels need no gradient) + the recomputed forward), counted analytically from the model geometry: matmuls, convolutions
-  and attention, 2 FLOPs per multiply-add, the convention of ``torch.utils.flop_counter``;
+  patch embedding, whose pixels need no gradient) + the recomputed forward), counted analytically
+  from the model geometry: matmuls, convolutions and attention, 2 FLOPs per multiply-add, the
+  convention of ``torch.utils.flop_counter``;
 * the pipeline's estimated efficiency: stage balance (mean / slowest stage) times pipeline fill
   (``G / (G + 2(S - 1))`` for S stages and G micro-batches per step in training),
 
 against the 900 MB of In-Processor Memory of a Mk2 IPU. ``--balance`` proposes the map that
 minimises the slowest stage's FLOPs while every IPU stays within memory (a linear-partition
-dynamic programme over the model's groups in execution order). These are estimates for
-planning, not a substitute for PopVision's memory report after compilation.
+dynamic programme over FrozenInTime's layers in execution order), written as module paths of
+FrozenModule, ready for ``stage_map``. These are estimates for planning, not a substitute for
+PopVision's memory report after compilation.
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .pipeline import StageMap
+from torch import nn
+
+from .pipeline import StageMap, StageMapError, entries, ipus_per_replica, validate
 
 IPU_MEMORY_BYTES = 900 * 10**6  # Mk2 GC200: 900 MB In-Processor Memory
 _BYTES = {"32": (4, 4, 4), "16.32": (2, 4, 4), "16.16": (2, 2, 2)}  # weights, grad accumulator, optimizer moments
@@ -64,10 +68,10 @@ class Geometry:
 
 @dataclass
 class Item:
-    """One entry of the stage map: a group (or one layer of a list group) with its costs."""
+    """One unit the planner places: a module of FrozenModule (its path, ``[i]`` for one layer) with its costs."""
 
-    group: str
-    index: Optional[int]
+    name: str
+    module: nn.Module
     params: int
     forward_flops: int
     activation_bytes: int  # working set of one micro-batch during (re)computation
@@ -77,10 +81,6 @@ class Item:
     def training_flops(self, recompute: bool) -> int:
         """Forward + backward (+ the recomputed forward)."""
         return self.forward_flops * (1 + self.backward_factor + (1 if recompute else 0))
-
-    @property
-    def name(self) -> str:
-        return f"{self.group}[{self.index}]" if self.index is not None else self.group
 
 
 def _linear(batch_tokens: int, fan_in: int, fan_out: int) -> int:
@@ -99,8 +99,8 @@ def video_block_flops(g: Geometry) -> int:
 
 
 def text_layer_flops(g: Geometry) -> int:
-    b, l, h = g.batch, g.tokens, g.text_dim
-    return 4 * _linear(b * l, h, h) + 4 * b * l * l * h + _linear(b * l, h, g.text_ffn) + _linear(b * l, g.text_ffn, h)
+    b, n, h = g.batch, g.tokens, g.text_dim
+    return 4 * _linear(b * n, h, h) + 4 * b * n * n * h + _linear(b * n, h, g.text_ffn) + _linear(b * n, g.text_ffn, h)
 
 
 def forward_flops(g: Geometry) -> dict[str, int]:
@@ -124,11 +124,11 @@ def _activations(g: Geometry, act_bytes: int) -> dict[str, tuple[int, int]]:
     t, d, hv = g.video_tokens, g.video_dim, g.video_heads
     scores_v = hv * (2 * t + g.frames * g.patches * (g.patches + 1) + g.patches * g.frames * (g.frames + 1))
     block = b * (t * d * 12 + t * int(d * g.mlp_ratio) * 2 + scores_v) * act_bytes
-    l, h = g.tokens, g.text_dim
-    layer = b * (l * h * 10 + l * g.text_ffn * 2 + g.text_heads * l * l * 2) * act_bytes
+    n, h = g.tokens, g.text_dim
+    layer = b * (n * h * 10 + n * g.text_ffn * 2 + g.text_heads * n * n * 2) * act_bytes
     return {
-        "txt_embeddings": (b * l * h * 3 * act_bytes, b * l * h * act_bytes),
-        "txt_layers": (layer, b * l * h * act_bytes),
+        "txt_embeddings": (b * n * h * 3 * act_bytes, b * n * h * act_bytes),
+        "txt_layers": (layer, b * n * h * act_bytes),
         "txt_proj": (b * (h + g.projection_dim) * act_bytes, b * g.projection_dim * act_bytes),
         "vid_patch_embed": (b * (g.frames * 3 * g.img_size ** 2 + 3 * t * d) * act_bytes, b * t * d * act_bytes),
         "vid_blocks": (block, b * t * d * act_bytes),
@@ -141,31 +141,39 @@ def _count(module: Any) -> int:
 
 
 def build_items(model: Any, g: Geometry, act_bytes: int) -> list[Item]:
-    """The stage map's entries in execution order, with parameters, FLOPs and activations."""
-    from .pipeline import model_groups
-
-    groups = model_groups(model)
+    """FrozenInTime's units in execution order (text tower, then video tower), with parameters, FLOPs and
+    activations; named by their path in FrozenModule, as a stage map names them."""
     flops = forward_flops(g)
     acts = _activations(g, act_bytes)
     video = model.video_model
+    layers, blocks = list(model.text_layers), list(video.blocks)
     pooler = getattr(model.text_model, "pooler", None)
-    items = [Item("txt_embeddings", None, _count(groups["txt_embeddings"]), 0, *acts["txt_embeddings"])]
-    for i, layer in enumerate(groups["txt_layers"]):
-        extra_params = _count(pooler) if (pooler is not None and i == len(groups["txt_layers"]) - 1) else 0
-        extra_flops = flops["txt_pooler"] if i == len(groups["txt_layers"]) - 1 else 0
-        items.append(Item("txt_layers", i, _count(layer) + extra_params, flops["txt_layers"] + extra_flops,
-                          *acts["txt_layers"]))
-    items.append(Item("txt_proj", None, _count(groups["txt_proj"]), flops["txt_proj"], *acts["txt_proj"]))
-    embed_params = _count(groups["vid_patch_embed"]) + sum(
+    items = [Item("model.text_model.embeddings", model.text_model.embeddings, _count(model.text_model.embeddings),
+                  0, *acts["txt_embeddings"])]
+    for i, layer in enumerate(layers):
+        last = i == len(layers) - 1
+        items.append(Item(f"model.text_layers[{i}]", layer, _count(layer) + (_count(pooler) if last else 0),
+                          flops["txt_layers"] + (flops["txt_pooler"] if last else 0), *acts["txt_layers"]))
+    items.append(Item("model.txt_proj", model.txt_proj, _count(model.txt_proj), flops["txt_proj"], *acts["txt_proj"]))
+    embed_params = _count(video.patch_embed) + sum(
         getattr(video, n).numel() for n in ("cls_token", "pos_embed", "temporal_embed"))
     # the pixels need no gradient: the patch convolution's backward computes weight gradients only
-    items.append(Item("vid_patch_embed", None, embed_params, flops["vid_patch_embed"], *acts["vid_patch_embed"],
-                      backward_factor=1))
-    for i, block in enumerate(groups["vid_blocks"]):
-        norm = _count(video.norm) if i == len(groups["vid_blocks"]) - 1 else 0
-        items.append(Item("vid_blocks", i, _count(block) + norm, flops["vid_blocks"], *acts["vid_blocks"]))
-    items.append(Item("vid_proj", None, _count(groups["vid_proj"]), flops["vid_proj"], *acts["vid_proj"]))
+    items.append(Item("model.video_model.patch_embed", video.patch_embed, embed_params, flops["vid_patch_embed"],
+                      *acts["vid_patch_embed"], backward_factor=1))
+    for i, block in enumerate(blocks):
+        norm = _count(video.norm) if i == len(blocks) - 1 else 0
+        items.append(Item(f"model.video_model.blocks[{i}]", block, _count(block) + norm, flops["vid_blocks"],
+                          *acts["vid_blocks"]))
+    items.append(Item("model.vid_proj", model.vid_proj, _count(model.vid_proj), flops["vid_proj"], *acts["vid_proj"]))
     return items
+
+
+class LightningRoot(nn.Module):
+    """Stands in for FrozenModule around a bare FrozenInTime, so that stage-map paths (``model.*``) resolve."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
 
 @dataclass
@@ -274,18 +282,33 @@ def balance(items: list[Item], num_ipus: int, **plan_kwargs: Any) -> Optional[li
     return assignment
 
 
-def assignment_from_map(items: list[Item], stage_map: StageMap) -> list[int]:
-    lookup = {(g, i): ipu for g, i, ipu in stage_map.entries()}
-    return [lookup[(it.group, it.index)] for it in items]
+def assignment_from_map(items: list[Item], stage_map: StageMap, root: nn.Module) -> list[int]:
+    """The IPU of every item under ``stage_map``: an entry starts its IPU at the first item it holds, and
+    items run on the IPU of the item before them until the next start (poptorch's rule)."""
+    starts: dict[int, int] = {}
+    for entry in entries(stage_map, root):
+        inside = {id(m) for m in entry.module.modules()}
+        first = next((k for k, it in enumerate(items) if id(it.module) in inside), None)
+        if first is None:
+            raise StageMapError(f"ipu-plan: {entry.name} holds none of the planned units (whole layers: "
+                                f"{', '.join(_compress([it.name for it in items]))}); fix: place whole layers")
+        starts[first] = entry.ipu
+    assignment, current = [], 0
+    for k in range(len(items)):
+        current = starts.get(k, current)
+        assignment.append(current)
+    return assignment
 
 
-def map_from_assignment(items: list[Item], assignment: Sequence[int]) -> dict[str, Any]:
-    out: dict[str, Any] = {"txt_layers": [], "vid_blocks": []}
+def map_from_assignment(items: list[Item], assignment: Sequence[int]) -> StageMap:
+    """A stage map (paths in FrozenModule) that places every item as ``assignment`` says."""
+    out: StageMap = {}
     for it, ipu in zip(items, assignment):
-        if it.index is None:
-            out[it.group] = ipu
+        path, _, index = it.name.partition("[")
+        if index:
+            out.setdefault(path, []).append(ipu)
         else:
-            out[it.group].append(ipu)
+            out[path] = ipu
     return out
 
 
@@ -341,15 +364,16 @@ def _fmt_flops(n: int) -> str:
 
 
 def format_plan(p: Plan) -> str:
-    head = (f"{'IPU':>3}  {'groups':<34} {'params':>10} {'weights':>11} {'grads':>11} {'optimizer':>11} "
+    head = (f"{'IPU':>3}  {'modules (in model.)':<60} {'params':>10} {'weights':>11} {'grads':>11} {'optimizer':>11} "
             f"{'activations':>11} {'total':>11} {'of 900MB':>8} {'fwd FLOPs':>11} {'train FLOPs':>11}")
     lines = [head, "-" * len(head)]
     for s in p.stages:
-        groups = ", ".join(_compress(s.items))
+        groups = ", ".join(_compress([name.removeprefix("model.") for name in s.items]))
         lines.append(
-            f"{s.ipu:>3}  {groups[:34]:<34} {s.params:>10,} {_fmt_bytes(s.weight_bytes)} {_fmt_bytes(s.grad_bytes)} "
+            f"{s.ipu:>3}  {groups[:60]:<60} {s.params:>10,} {_fmt_bytes(s.weight_bytes)} {_fmt_bytes(s.grad_bytes)} "
             f"{_fmt_bytes(s.optimizer_bytes)} {_fmt_bytes(s.activation_bytes)} {_fmt_bytes(s.total_bytes)} "
-            f"{100 * s.total_bytes / IPU_MEMORY_BYTES:7.0f}% {_fmt_flops(s.forward_flops)} {_fmt_flops(s.training_flops)}")
+            f"{100 * s.total_bytes / IPU_MEMORY_BYTES:7.0f}% {_fmt_flops(s.forward_flops)} "
+            f"{_fmt_flops(s.training_flops)}")
     lines.append(f"pipeline: {len(p.stages)} stages, {p.accumulation} micro-batches per step; balance "
                  f"{p.balance:.2f} x fill {p.fill:.2f} = estimated efficiency {p.efficiency:.2f}"
                  + ("" if p.fits() else "   ** some IPU exceeds 900 MB **"))
@@ -400,28 +424,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     replication = int(opts.get("replication_factor", 1))
     kwargs = dict(precision=precision, offchip=bool(opts.get("optimizer_state_offchip", False)),
                   sharding=replication if opts.get("replicated_tensor_sharding") else 1,
-                  recompute=bool((strategy.get("stage_map") or {}).get("recompute", True)),
+                  recompute=bool(strategy.get("recompute", True)),
                   accumulation=int(accumulation))
     model = build_model_from_config(cfg)
     geometry = _geometry_from_config(cfg, model)
     items = build_items(model, geometry, act_bytes=_BYTES[precision][0])
-    stage_map = StageMap.from_config(strategy.get("stage_map")) or StageMap(
-        txt_layers=[0] * len(model.text_layers), vid_blocks=[0] * len(model.video_model.blocks))
-    from .pipeline import validate
-
-    validate(stage_map, model)
-    current = plan(items, assignment_from_map(items, stage_map), **kwargs)
+    stage_map = strategy.get("stage_map") or {"model": 0}
+    root = LightningRoot(model)
+    validate(stage_map, root)
+    current = plan(items, assignment_from_map(items, stage_map, root), **kwargs)
     print(f"{args.config}: micro-batch {geometry.batch}, {geometry.frames} frame(s), {geometry.tokens} tokens, "
           f"precision {precision}, optimizer state {'off' if kwargs['offchip'] else 'on'} chip, "
           f"replication {replication}")
     print(format_plan(current))
-    out = {"config": args.config, "current": _plan_json(current, stage_map.as_dict())}
+    out = {"config": args.config, "current": _plan_json(current, stage_map)}
     if args.balance:
         plan_kwargs = {k: v for k, v in kwargs.items() if k != "accumulation"}
-        assignment = balance(items, stage_map.ipus_per_replica, **plan_kwargs)
+        assignment = balance(items, ipus_per_replica(stage_map), **plan_kwargs)
         print()
         if assignment is None:
-            print(f"--balance: no map on {stage_map.ipus_per_replica} IPUs keeps every IPU within 900 MB")
+            print(f"--balance: no map on {ipus_per_replica(stage_map)} IPUs keeps every IPU within 900 MB")
         else:
             proposed = map_from_assignment(items, assignment)
             balanced = plan(items, assignment, **kwargs)
