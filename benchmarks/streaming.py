@@ -9,15 +9,17 @@ DataLoader worker (so the rate is per worker). Paths:
 * ``shards``: ``StreamingVideoText`` over ``lightning-frozen shard`` output on local disk.
 * ``s3 cold``: the same shards on a loopback S3 server (moto) with an empty cache smaller than the
   data, so chunks are downloaded and evicted as they go (what 10M clips look like).
-* ``s3 warm``: the second epoch over S3 with a cache that holds the data.
+* ``s3 first`` / ``s3 warm``: the first epoch over S3 with a cache that holds the data (it fills
+  it), then the later ones (read from the cache).
 
-Clips/s is measured after the first batch, median over the epochs after the first (which also warms
-the page cache); "first batch" is the time from ``iter()`` to the first batch (worker start, index
-and first chunk download), median over epochs. A second table times listing and opening
+The paths take turns epoch by epoch, so machine load hits them alike. Clips/s is measured after
+the first batch, median over the epochs after the first (which also warms the page cache);
+"first batch" is the time from ``iter()`` to the first batch (worker start, index and first
+chunk download), median over epochs. A second table times listing and opening
 many small files (``--small-files``, 1 KB each, in WebVid-like page folders) against reading the
 same payloads from shards.
 
-    python benchmarks/streaming.py [--clips 32] [--epochs 3] [--small-files 100000]
+    python benchmarks/streaming.py [--clips 48] [--epochs 5] [--small-files 100000]
 
 Prints tables and writes ``benchmarks/results/streaming.json``.
 """
@@ -71,19 +73,16 @@ def make_sources(root: Path, count: int) -> dict[int, Path]:
     return roots
 
 
-def time_loader(loader, epochs: int) -> list[dict]:
-    """Per epoch: seconds to the first batch, then clips/s over the rest."""
-    results = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        first, clips, first_clips = None, 0, 0
-        for size in loader:
-            clips += size
-            if first is None:
-                first, first_clips = time.perf_counter() - start, size
-        rest = time.perf_counter() - start - first
-        results.append({"first_batch_s": first, "clips": clips, "clips_per_s": (clips - first_clips) / rest})
-    return results
+def time_epoch(loader) -> dict:
+    """Seconds to the first batch of an epoch, then clips/s over the rest."""
+    start = time.perf_counter()
+    first, clips, first_clips = None, 0, 0
+    for size in loader:
+        clips += size
+        if first is None:
+            first, first_clips = time.perf_counter() - start, size
+    rest = time.perf_counter() - start - first
+    return {"first_batch_s": first, "clips": clips, "clips_per_s": (clips - first_clips) / rest}
 
 
 def streaming_loader(input_dir: str, cache: Path, **options) -> StreamingLoader:
@@ -134,17 +133,18 @@ def clip_rows(work: Path, clips: int, epochs: int) -> list[dict]:
                 VideoFolder(root, split="train", num_frames=NUM_FRAMES, frame_size=SIZE), batch_size=BATCH,
                 shuffle=True, num_workers=1, collate_fn=_items)
             cold_cache = max(data // 2, 1)
-            paths = {
-                "files": (files, epochs),
-                "shards": (streaming_loader(str(shards), work / f"cache_local{height}"), epochs),
-                "s3 cold": (streaming_loader(url, work / f"cache_cold{height}", max_cache_size=cold_cache), epochs),
-                "s3": (streaming_loader(url, work / f"cache_warm{height}"), epochs + 1),
+            loaders = {
+                "files": files,
+                "shards": streaming_loader(str(shards), work / f"cache_local{height}"),
+                "s3 cold": streaming_loader(url, work / f"cache_cold{height}", max_cache_size=cold_cache),
+                "s3": streaming_loader(url, work / f"cache_warm{height}"),
             }
-            for name, (loader, count) in paths.items():
-                for epoch, result in enumerate(time_loader(loader, count)):
-                    label = "s3 warm" if name == "s3" and epoch else ("s3 first" if name == "s3" else name)
-                    rows.append({"height": height, "path": label, "epoch": epoch + 1, "data_mb": data / 1e6,
-                                 "cache_mb": cold_cache / 1e6 if name == "s3 cold" else None, **result})
+            for epoch in range(1, epochs + 1):  # interleaved, so machine load hits every path alike
+                for name, loader in loaders.items():
+                    label = ("s3 first" if epoch == 1 else "s3 warm") if name == "s3" else name
+                    rows.append({"height": height, "path": label, "epoch": epoch, "data_mb": data / 1e6,
+                                 "cache_mb": cold_cache / 1e6 if name == "s3 cold" else None,
+                                 **time_epoch(loader)})
             for name in ("cache_local", "cache_cold", "cache_warm"):
                 shutil.rmtree(work / f"{name}{height}", ignore_errors=True)
     finally:
@@ -206,10 +206,17 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def save(result: dict, path: Path) -> None:
+    """The JSON behind the printed tables (benchmarks/results/ is not committed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=32, help="clips per height")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per path (s3 warm: one more)")
+    parser.add_argument("--clips", type=int, default=48, help="clips per height")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per path, interleaved")
     parser.add_argument("--small-files", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, default=None, help="keep generated data here")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "streaming.json")
@@ -236,9 +243,7 @@ def main(argv=None) -> dict:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpus": os.cpu_count(), "load_average": os.getloadavg()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    save(result, args.out)
     return result
 
 

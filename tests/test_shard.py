@@ -1,5 +1,6 @@
 """`lightning-frozen shard`: every readable sample once with its bytes, broken sources listed and left out,
 shuffled, never overwriting, and resumable after a kill in either step."""
+import io
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import litdata
 import pandas as pd
 import pytest
 
-from lightning_frozen.data import WebVid
+from lightning_frozen.data import MSRVTT, WebVid
 from lightning_frozen.data.shard import REPORT, shard_dataset
 from lightning_frozen.data.synthetic import make_synthetic_dataset
 from lightning_frozen.data.webvid import cut_caption
@@ -142,3 +143,23 @@ def test_a_killed_run_finishes_on_rerun_without_redoing_work(tmp_path):
     samples = _samples(dst)
     assert sorted(s["id"] for s in samples) == sorted(WebVid(src).records["id"])
     assert not (dst / ".checkpoints").exists()  # LitData removes its checkpoints when done
+
+
+def test_prepare_re_encodes_into_the_shards_and_msrvtt_keeps_every_caption(tiny_msrvtt, tmp_path):
+    import av
+
+    summary = shard_dataset(tiny_msrvtt, "msrvtt", str(tmp_path / "shards"), split="train", prepare=True, workers=1,
+                            chunk_bytes="64KB", progress=False)
+    records = MSRVTT(tiny_msrvtt, split="train").records
+    samples = _samples(tmp_path / "shards")
+    assert summary.samples == len(records) == len(samples) and not summary.broken
+    assert not (tmp_path / "shards" / ".shard" / "prepared").exists()  # the mirror goes once the shards hold it
+    captions = dict(zip(records["id"], records["captions"]))
+    for sample in samples:
+        source = tiny_msrvtt / sample["path"]
+        assert json.loads(sample["captions"]) == list(captions[sample["id"]]) and len(captions[sample["id"]]) == 20
+        assert bytes(sample["media"]) != source.read_bytes()  # prepare's re-encode, not the file as stored
+        with av.open(io.BytesIO(bytes(sample["media"]))) as new, av.open(str(source)) as old:
+            assert new.streams.video[0].frames == old.streams.video[0].frames
+            keyframes = [p.is_keyframe for p in new.demux(new.streams.video[0]) if p.size]
+        assert keyframes[::8] == [True] * len(keyframes[::8])  # prepare's keyframe every 8 frames

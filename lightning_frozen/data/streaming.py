@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import torch
@@ -39,12 +38,11 @@ from litdata.utilities.env import _DistributedEnv
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import get_worker_info
 
-from .base import Loading, sample_generator
-from .video import VideoReadError, decode_frames, decode_image
+from .base import Loading, SharedFrameCount, first_readable, sample_generator
+from .video import decode_frames, decode_image
 
 __all__ = ["StreamingImageText", "StreamingLoader", "StreamingVideoText"]
 
-log = logging.getLogger(__name__)
 
 SAMPLE_KEYS = ("id", "path", "captions", "kind", "media")
 _SKIP_SLOTS = 256
@@ -141,28 +139,25 @@ class _StreamingTextMedia(StreamingDataset):
     def _first_decodable(self, index: ChunkedIndex) -> dict[str, Any]:
         begin, end = self.cache.get_chunk_intervals()[index.chunk_index][1:3]
         attempts = min(self.max_replace_attempts, end - begin)
-        for attempt in range(attempts):
-            position = begin + (index.index - begin + attempt) % (end - begin)
+
+        def read(position: int, attempt: int) -> dict[str, Any]:
             # A replacement comes from the same chunk, already local; only the first read may
             # carry the worker's chunk list (which starts LitData's downloads).
-            read = index if attempt == 0 else dataclasses.replace(index, index=position, chunk_indexes=None)
-            sample = super().__getitem__(read)
+            at = index if attempt == 0 else dataclasses.replace(index, index=position, chunk_indexes=None)
+            sample = StreamingDataset.__getitem__(self, at)
             self._check_kind(sample)
             generator = sample_generator(self.seed, self.current_epoch, position, attempt)
-            try:
-                media = self._decode(sample["media"], sample["path"], generator)
-            except VideoReadError as error:
-                if self.loading == "strict":
-                    raise
-                self._count_skip()
-                log.warning("%s: replacing an undecodable sample: %s", self.dataset_name, error)
-                continue
-            return self._item(media, sample, position, generator)
-        raise RuntimeError(
-            f"{type(self).__name__}: {attempts} samples in a row from index {index.index} could not be "
-            f"decoded in {self.input_dir.url or self.input_dir.path}; check the shards (loading='strict' "
-            "names the first)"
-        )
+            return self._item(self._decode(sample["media"], sample["path"], generator), sample, position, generator)
+
+        candidates = ((begin + (index.index - begin + attempt) % (end - begin), attempt) for attempt in range(attempts))
+        item = first_readable(candidates, read, self.loading, self._count_skip, self.dataset_name)
+        if item is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: {attempts} samples in a row from index {index.index} could not be "
+                f"decoded in {self.input_dir.url or self.input_dir.path}; check the shards (loading='strict' "
+                "names the first)"
+            )
+        return item
 
     def _check_kind(self, sample: dict) -> None:
         if sample.get("kind") != self.kind:
@@ -186,7 +181,7 @@ class _StreamingTextMedia(StreamingDataset):
         return {"video": media, "text": text, "meta": meta}
 
 
-class StreamingVideoText(_StreamingTextMedia):
+class StreamingVideoText(SharedFrameCount, _StreamingTextMedia):
     """Text-video pairs from shards (WebVid, MSR-VTT, folders): frames decoded in the workers.
 
     ``input_dir`` is a local folder or a URL LitData reads (``s3://bucket/prefix``, ``gs://``);
@@ -211,22 +206,11 @@ class StreamingVideoText(_StreamingTextMedia):
         **kwargs: Any,
     ) -> None:
         super().__init__(input_dir, split=split, frame_size=frame_size, **kwargs)
-        self._num_frames = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.set_num_frames(num_frames)
+        self._share_num_frames(num_frames)
         self.fix_start = fix_start
         self.mode = mode or ("rand" if split == "train" else "uniform")
         self.num_threads = num_threads
         self.decode_backend = decode_backend
-
-    @property
-    def num_frames(self) -> int:
-        return int(self._num_frames[0])
-
-    def set_num_frames(self, num_frames: int) -> None:
-        """Frames per clip of the next items decoded, in every worker (frame curriculum)."""
-        if int(num_frames) < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        self._num_frames[0] = int(num_frames)
 
     def _decode(self, media: Any, name: str, generator: torch.Generator) -> torch.Tensor:
         return decode_frames(media, self.num_frames, self.mode, self.fix_start, self.frame_size, name=name,
