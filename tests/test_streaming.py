@@ -81,6 +81,16 @@ def test_frame_count_changes_in_running_workers_and_each_pass_calls_on_start(web
         stream.set_num_frames(0)
 
 
+def test_loader_state_loads_without_unpickling_objects(webvid_shards, tmp_path):
+    _, shards, _ = webvid_shards
+    stream = StreamingVideoText(str(shards), num_frames=1, frame_size=16, cache_dir=str(tmp_path), subsample=0.5)
+    loader = StreamingLoader(stream, batch_size=2, num_workers=1, collate_fn=_items)
+    next(iter(loader))
+    torch.save(loader.state_dict(), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # numpy scalars would refuse to load
+    assert state["num_samples_yielded"] == 2 and state["dataset"]["region_of_interest"]
+
+
 def _write_shards(folder, contents: list[bytes], chunk_size: int) -> None:
     """Shards in `shard`'s sample format with chosen media bytes (damaged ones included)."""
     cache = Cache(str(folder), chunk_size=chunk_size)

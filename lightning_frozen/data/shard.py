@@ -313,7 +313,7 @@ def shard_dataset(
 def _write_report(summary: ShardSummary, layout: str, split: str, work: Path, dst: str) -> None:
     report = json.dumps({"layout": layout, "split": split, **asdict(summary)}, indent=1)
     (work / REPORT).write_text(report)
-    if not is_url(dst):
+    if not is_url(dst) and Path(dst).is_dir():
         (Path(dst) / REPORT).write_text(report)
 
 

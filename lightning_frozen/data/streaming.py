@@ -1,7 +1,7 @@
 """Training from LitData shards (written by `lightning-frozen shard`): the WebVid-10M / CC3M path.
 
-A shard sample is ``{"id", "path", "captions" (a JSON list), "media" (the mp4 or image
-bytes)}``. ``StreamingVideoText`` and ``StreamingImageText`` are LitData
+A shard sample is ``{"id", "path", "captions" (a JSON list), "kind" ("video" or "image"),
+"media" (the mp4 or image bytes)}``. ``StreamingVideoText`` and ``StreamingImageText`` are LitData
 ``StreamingDataset``\\ s that decode those bytes inside the DataLoader workers with the same
 reader as the file datasets (``decode_frames`` / ``decode_image``: sparse PyAV decoding from
 memory) and return the same items, so collation and the on-device kornia augmentation of
@@ -31,6 +31,7 @@ import dataclasses
 import json
 from typing import Any, Callable, Iterator, Literal, Optional, Union
 
+import numpy as np
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
@@ -43,8 +44,6 @@ from .video import decode_frames, decode_image
 
 __all__ = ["StreamingImageText", "StreamingLoader", "StreamingVideoText"]
 
-
-SAMPLE_KEYS = ("id", "path", "captions", "kind", "media")
 _SKIP_SLOTS = 256
 
 
@@ -247,6 +246,11 @@ class StreamingLoader(StreamingDataLoader):
         self.on_start = on_start
         self._resumed_pass_started = False
 
+    def state_dict(self) -> dict[str, Any]:
+        """LitData's state with plain Python numbers (it holds numpy ones after ``subsample``), so a
+        Lightning checkpoint still loads with ``torch.load(weights_only=True)``."""
+        return _plain_numbers(super().state_dict())
+
     def load_state_dict(self, obj: dict[str, Any]) -> None:
         super().load_state_dict(obj)
         self._resumed_pass_started = False
@@ -272,6 +276,14 @@ class StreamingLoader(StreamingDataLoader):
         per_rank = self.samples_per_epoch  # sets up the dataset's shuffler, which holds the chunk index
         total = sum(end - begin for _, begin, end, _ in self.dataset.shuffler.cache.get_chunk_intervals())
         return total - per_rank * self.dataset.distributed_env.world_size
+
+
+def _plain_numbers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain_numbers(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain_numbers(item) for item in value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def is_streaming(dataset: Any) -> bool:
