@@ -76,7 +76,7 @@ def test_frame_count_changes_in_running_workers_and_each_pass_calls_on_start(web
         if step == 5:
             stream.set_num_frames(4)  # what the curriculum does at a stage change
     assert frames[:6] == [2] * 6 and frames[-8:] == [4] * 8  # items read after the change, same workers
-    assert {f for (f,) in [(i["video"].shape[0],) for (i,) in loader]} == {4} and starts == [0, 1]
+    assert {item["video"].shape[0] for (item,) in loader} == {4} and starts == [0, 1]  # next pass: on_start again
     with pytest.raises(ValueError, match="num_frames must be >= 1"):
         stream.set_num_frames(0)
 
