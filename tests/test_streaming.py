@@ -6,7 +6,6 @@ import textwrap
 import pytest
 import pytorch_lightning as pl
 import torch
-import yaml
 from conftest import TINY_VIDEO
 from litdata.streaming.cache import Cache
 
@@ -137,11 +136,9 @@ class Recording(FrozenModule):
 
 
 def _config(tmp_path, text_dir, webvid, cc3m) -> str:
-    """A LightningCLI config: the tiny model, one streaming loader per source (videos and images)."""
-    model = {"video": dict(TINY_VIDEO, num_frames=2), "projection_dim": 16,
-             "text": {"name_or_path": text_dir, "pretrained": False, "config_overrides": {"num_hidden_layers": 1}}}
+    """A LightningCLI data config: one streaming loader per source (videos and images)."""
     path = tmp_path / "stream.yaml"
-    path.write_text(yaml.safe_dump({"seed_everything": 0, "model": model}) + textwrap.dedent(f"""\
+    path.write_text("seed_everything: 0\n" + textwrap.dedent(f"""\
         data:
           class_path: lightning_frozen.data.FrozenDataModule
           init_args:
@@ -160,15 +157,24 @@ def _config(tmp_path, text_dir, webvid, cc3m) -> str:
     return str(path)
 
 
-def _fit(config, root, callbacks=(), ckpt_path=None, **trainer) -> Recording:
-    from pytorch_lightning.cli import LightningCLI
+def _recording(text_dir) -> Recording:
+    torch.manual_seed(0)
+    return Recording(video=dict(TINY_VIDEO, num_frames=2), projection_dim=16,
+                     text=dict(name_or_path=text_dir, pretrained=False, config_overrides={"num_hidden_layers": 1}))
 
-    cli = LightningCLI(Recording, pl.LightningDataModule, subclass_mode_data=True, run=False,
+
+def _fit(config, text_dir, root, callbacks=(), ckpt_path=None, **trainer) -> Recording:
+    from pytorch_lightning.cli import LightningCLI
+    from pytorch_lightning.demos.boring_classes import BoringModel
+
+    # The data from YAML as LightningCLI builds it (seeding the run too); the model in code.
+    cli = LightningCLI(BoringModel, pl.LightningDataModule, subclass_mode_data=True, run=False,
                        args=["--config", config, "--trainer.logger", "false"])
+    model = _recording(text_dir)
     fit = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                      default_root_dir=root, callbacks=list(callbacks), limit_val_batches=0, **trainer)
-    fit.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    return cli.model
+    fit.fit(model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    return model
 
 
 def test_joint_streaming_training_from_yaml_and_exact_mid_epoch_resume(webvid_shards, cc3m_shards, tmp_path,
@@ -177,7 +183,7 @@ def test_joint_streaming_training_from_yaml_and_exact_mid_epoch_resume(webvid_sh
     monkeypatch.setattr("sys.argv", ["cli"])
     config = _config(tmp_path, text_dir, webvid_shards[1], cc3m_shards[1])
     # 24 clips in batches of 2 set the epoch (12 steps); the 12 images (batches of 3) cycle 3 times in it.
-    whole = _fit(config, tmp_path / "a", max_steps=16, enable_checkpointing=False)
+    whole = _fit(config, text_dir, tmp_path / "a", max_steps=16, enable_checkpointing=False)
     assert len(whole.seen) == 16 and all(set(s) == {"webvid", "cc3m"} for s in whole.seen)
     first_epoch = [i for step in whole.seen[:12] for i, _, _ in step["webvid"]]
     assert sorted(first_epoch) == list(range(24))
@@ -186,9 +192,9 @@ def test_joint_streaming_training_from_yaml_and_exact_mid_epoch_resume(webvid_sh
 
     # A run checkpointed after step 5 (the images one batch into their second pass), then stopped.
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1)
-    cut = _fit(config, tmp_path / "b", callbacks=[checkpoint], max_steps=7)
+    cut = _fit(config, text_dir, tmp_path / "b", callbacks=[checkpoint], max_steps=7)
     assert cut.seen[:7] == whole.seen[:7]  # the same run so far, frames included
-    resumed = _fit(config, tmp_path / "c", max_steps=16, enable_checkpointing=False,
+    resumed = _fit(config, text_dir, tmp_path / "c", max_steps=16, enable_checkpointing=False,
                    ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=5.ckpt"))
     # Exactly the samples not yet seen at the checkpoint, in the same order, with the same frames,
     # through the end of the epoch and into the next one.
@@ -214,9 +220,7 @@ def test_frame_curriculum_over_a_stream_rebuilds_no_loader(webvid_shards, tmp_pa
     datamodule = FrozenDataModule(train_datasets=[train], train_batch_sizes=4, val_datasets=[val], eval_batch_size=6,
                                   tokenizer=text_dir, num_workers=2, persistent_workers=True, input_res=32,
                                   max_length=16)
-    torch.manual_seed(0)
-    model = Recording(video=dict(TINY_VIDEO, num_frames=2), projection_dim=16,
-                      text=dict(name_or_path=text_dir, pretrained=False, config_overrides={"num_hidden_layers": 1}))
+    model = _recording(text_dir)
     loaders = _Loaders()
     curriculum = FrameCurriculum(stages=[{"frames": 1, "epochs": 1}, {"frames": 2, "epochs": 1}],
                                  dirpath=str(tmp_path / "stages"))
