@@ -26,6 +26,7 @@ TRAINER_COMMANDS = {
 TOOL_COMMANDS = {
     "synthetic": ("lightning_frozen.data.synthetic.cli", "write synthetic data in the MSR-VTT / WebVid / CC3M layout"),
     "prepare": ("lightning_frozen.data.prepare", "re-encode a dataset's videos into a fast training mirror"),
+    "shard": ("lightning_frozen.data.shard", "write LitData shards of a dataset for streaming (local or s3://)"),
     "index": ("lightning_frozen.search.index", "embed a folder of videos as windows into a search index"),
     "search": ("lightning_frozen.search.query", "rank an index's videos for a text query"),
     "serve": ("lightning_frozen.search.server", "a search page and JSON API over an index (FastAPI)"),

@@ -49,3 +49,31 @@ def tiny_cc3m(tmp_path_factory):
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("data") / "cc3m", "cc3m", num_train=12, num_test=4,
                                   size=(32, 32), seed=4)
+
+
+@pytest.fixture(scope="session")
+def webvid_shards(tmp_path_factory):
+    """Synthetic WebVid (24 clips and 4 broken files) sharded into chunks of about 5 clips.
+
+    Returns (source root, shard folder, ShardSummary).
+    """
+    from lightning_frozen.data.shard import shard_dataset
+    from lightning_frozen.data.synthetic import make_synthetic_dataset
+
+    base = tmp_path_factory.mktemp("webvid_shards")
+    src = make_synthetic_dataset(base / "webvid", "webvid", num_train=24, num_test=4, num_frames_per_video=8,
+                                 size=(32, 32), seed=5, broken=True)
+    summary = shard_dataset(src, "webvid", str(base / "shards"), workers=1, chunk_bytes="12KB", progress=False)
+    return src, base / "shards", summary
+
+
+@pytest.fixture(scope="session")
+def cc3m_shards(tmp_path_factory):
+    """Synthetic CC3M (12 images) sharded; returns (source root, shard folder)."""
+    from lightning_frozen.data.shard import shard_dataset
+    from lightning_frozen.data.synthetic import make_synthetic_dataset
+
+    base = tmp_path_factory.mktemp("cc3m_shards")
+    src = make_synthetic_dataset(base / "cc3m", "cc3m", num_train=12, num_test=4, size=(32, 32), seed=6)
+    shard_dataset(src, "cc3m", str(base / "shards"), workers=1, chunk_bytes="4KB", progress=False)
+    return src, base / "shards"

@@ -17,6 +17,9 @@ _LAZY = {
     "IMAGENET_MEAN": ".transforms",
     "IMAGENET_STD": ".transforms",
     "FrozenDataModule": ".datamodule",
+    "StreamingVideoText": ".streaming",
+    "StreamingImageText": ".streaming",
+    "shard_dataset": ".shard",
 }
 
 

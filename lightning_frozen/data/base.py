@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Iterable, Literal, Optional, TypeVar, Union
 
 import numpy as np
 import pandas as pd
@@ -28,12 +28,32 @@ from .video import VideoReadError, read_frames
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Split = Literal["train", "val", "test"]
 Loading = Literal["strict", "lax"]
 _SKIP_SLOTS = 256
 
 
-class TextVideoDataset(Dataset):
+class SharedFrameCount:
+    """``num_frames`` in shared memory: the frame curriculum sets it in the main process between
+    epochs and running (persistent) workers read the new value for their next item."""
+
+    def _share_num_frames(self, num_frames: int) -> None:
+        self._num_frames = torch.zeros(1, dtype=torch.int64).share_memory_()  # before any worker starts
+        self.set_num_frames(num_frames)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._num_frames[0])
+
+    def set_num_frames(self, num_frames: int) -> None:
+        """Change the frames per clip (frame curriculum); applies to the next items read, in every worker."""
+        if int(num_frames) < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self._num_frames[0] = int(num_frames)
+
+
+class TextVideoDataset(SharedFrameCount, Dataset):
     """Base class: items are ``{"video", "text", "meta"}`` dicts (see ``__getitem__``).
 
     ``num_frames`` may be changed between epochs (the frame curriculum does, through
@@ -78,10 +98,7 @@ class TextVideoDataset(Dataset):
         if mode is not None and mode not in ("rand", "uniform"):
             raise ValueError(f"mode must be 'rand', 'uniform' or None, got {mode!r}")
         self.split = split
-        # Shared memory, like the epoch below: the frame curriculum changes it between epochs
-        # and persistent workers must read the new value for their next item.
-        self._num_frames = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.set_num_frames(num_frames)
+        self._share_num_frames(num_frames)
         self.frame_size = frame_size
         self.fix_start = fix_start
         self.loading = loading
@@ -134,16 +151,6 @@ class TextVideoDataset(Dataset):
         if self._mode is not None:
             return self._mode
         return "rand" if self.split == "train" else "uniform"
-
-    @property
-    def num_frames(self) -> int:
-        return int(self._num_frames[0])
-
-    def set_num_frames(self, num_frames: int) -> None:
-        """Change the frames per clip (frame curriculum); applies to the next items read, in every worker."""
-        if int(num_frames) < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        self._num_frames[0] = int(num_frames)
 
     @property
     def epoch(self) -> int:
@@ -221,23 +228,19 @@ class TextVideoDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         attempts = min(self.max_skip_attempts, len(self))
-        for attempt in range(attempts):
-            position = (index + attempt) % len(self)
-            row = self.records.iloc[self._record_index(position)]
-            generator = sample_generator(self.seed, self.epoch, position, attempt)
-            try:
-                video = self._read(self.root / row["path"], generator)
-            except VideoReadError as error:
-                if self.loading == "strict":
-                    raise
-                self._count_skip()
-                log.warning("%s: skipping unreadable sample: %s", self.dataset_name, error)
-                continue
-            return self._item(video, row, position, generator)
-        raise RuntimeError(
-            f"{type(self).__name__}: {attempts} samples in a row from index {index} were "
-            f"unreadable under {self.root}; check the files (loading='strict' names the first)"
-        )
+        candidates = (((index + attempt) % len(self), attempt) for attempt in range(attempts))
+        item = first_readable(candidates, self._read_at, self.loading, self._count_skip, self.dataset_name)
+        if item is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: {attempts} samples in a row from index {index} were "
+                f"unreadable under {self.root}; check the files (loading='strict' names the first)"
+            )
+        return item
+
+    def _read_at(self, position: int, attempt: int) -> dict[str, Any]:
+        row = self.records.iloc[self._record_index(position)]
+        generator = sample_generator(self.seed, self.epoch, position, attempt)
+        return self._item(self._read(self.root / row["path"], generator), row, position, generator)
 
     def _item(self, video: torch.Tensor, row: pd.Series, position: int, generator: torch.Generator) -> dict[str, Any]:
         text = self._text(row["captions"], generator)
@@ -257,6 +260,24 @@ class TextVideoDataset(Dataset):
             f"samples={len(self)}, num_frames={self.num_frames}, frame_size={self.frame_size}, "
             f"loading={self.loading!r})"
         )
+
+
+def first_readable(candidates: Iterable[tuple[int, int]], read: Callable[[int, int], T], loading: Loading,
+                   count_skip: Callable[[], None], name: str) -> Optional[T]:
+    """Lax loading: ``read(position, attempt)`` for each candidate in turn, the first readable one.
+
+    An unreadable sample (``VideoReadError``) raises under strict loading; under lax loading it
+    is counted (``count_skip``) and the next candidate is read. None when none was readable.
+    """
+    for position, attempt in candidates:
+        try:
+            return read(position, attempt)
+        except VideoReadError as error:
+            if loading == "strict":
+                raise
+            count_skip()
+            log.warning("%s: replacing an unreadable sample: %s", name, error)
+    return None
 
 
 def sample_generator(seed: int, epoch: int, position: int, attempt: int) -> torch.Generator:

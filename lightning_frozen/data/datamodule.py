@@ -59,6 +59,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from .collate import TextVideoCollator, is_single_batch
+from .streaming import is_streaming, streaming_loader
 from .transforms import VideoTransform
 
 __all__ = ["FrozenDataModule", "dataset_names"]
@@ -244,6 +245,8 @@ class FrozenDataModule(pl.LightningDataModule):
     def _loader(self, stage: str, index: int, batch_size: int) -> DataLoader:
         train = stage == "train"
         dataset = self.datasets[stage][index]
+        if is_streaming(dataset):
+            return self._streaming_loader(stage, index, batch_size)
         return _EpochStartDataLoader(
             dataset,
             batch_size=batch_size,
@@ -254,6 +257,19 @@ class FrozenDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
             on_start=functools.partial(self._on_loader_start, stage, index),
+        )
+
+    def _streaming_loader(self, stage: str, index: int, batch_size: int) -> DataLoader:
+        """LitData's loader for a LitData dataset (shards): it splits over ranks and workers and resumes mid-epoch."""
+        return streaming_loader(
+            self.datasets[stage][index],
+            batch_size=batch_size,
+            train=stage == "train",
+            on_start=functools.partial(self._on_loader_start, stage, index),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
         )
 
     def _loaders(self, stage: str, arg: str) -> List[DataLoader]:

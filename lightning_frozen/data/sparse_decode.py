@@ -17,19 +17,30 @@ index that never shows up, e.g. variable frame rate); the caller then uses decor
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Optional
+import io
+import os
+from typing import BinaryIO, Callable, Optional, Union
 
 import numpy as np
 
+# A video as a file path or as the file's bytes (a shard's sample), decoded the same way.
+Media = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+
+def open_media(media: Media) -> Union[str, BinaryIO]:
+    """What PyAV and decord open: the path as a string, or an in-memory file over the bytes."""
+    if isinstance(media, (bytes, bytearray, memoryview)):
+        return io.BytesIO(media)
+    return str(media)
+
 
 def decode_sampled_frames(
-    path: Path, choose: Callable[[int], list[int]], num_threads: int = 1
+    media: Media, choose: Callable[[int], list[int]], num_threads: int = 1
 ) -> Optional[np.ndarray]:
     """RGB uint8 frames (F, H, W, 3) at ``choose(frame_count)``, or None (see module)."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(open_media(media)) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]

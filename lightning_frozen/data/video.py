@@ -8,14 +8,15 @@ training device.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import BinaryIO, Callable, Literal, Optional, Union
 
 import numpy as np
 import torch
 
-from .sparse_decode import decode_sampled_frames
+from .sparse_decode import Media, decode_sampled_frames, open_media
 
 PathLike = Union[str, os.PathLike]
 SampleMode = Literal["rand", "uniform"]
@@ -132,11 +133,8 @@ def read_frames(
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return read_image(path, size=size, root=root)
-
-    def choose(length: int) -> list[int]:
-        return sample_frame_indices(length, num_frames, mode, fix_start, generator)
-
-    return read_chosen_frames(path, choose, size, root=root, num_threads=num_threads, backend=backend)
+    return read_chosen_frames(path, _sampler(num_frames, mode, fix_start, generator), size, root=root,
+                              num_threads=num_threads, backend=backend)
 
 
 def read_chosen_frames(
@@ -154,11 +152,51 @@ def read_chosen_frames(
     every window of a video at once, so the file is read in one pass. Same decoders, same
     errors (``VideoReadError``) and the same central-square resize as ``read_frames``.
     """
-    if backend not in ("decord", "pyav"):
-        raise ValueError(f"backend must be 'decord' or 'pyav', got {backend!r}")
+    _check_backend(backend)
     path = Path(path)
     shown = _shown_path(path, root)
     _check_file(path, shown)
+    return _decode_chosen(str(path), shown, choose, size, num_threads, backend)
+
+
+def decode_frames(
+    data: Union[bytes, bytearray, memoryview],
+    num_frames: int,
+    mode: SampleMode = "uniform",
+    fix_start: Optional[int] = None,
+    size: Optional[int] = None,
+    *,
+    name: str = "<bytes>",
+    num_threads: int = 1,
+    generator: Optional[torch.Generator] = None,
+    backend: str = "pyav",
+) -> torch.Tensor:
+    """``read_frames`` for a video held in memory (a shard's sample): same sampling, same pixels.
+
+    ``name`` (the source path) names the video in errors.
+    """
+    _check_backend(backend)
+    if len(data) == 0:
+        raise VideoReadError(name, "no bytes (empty video)")
+    return _decode_chosen(data, name, _sampler(num_frames, mode, fix_start, generator), size, num_threads, backend)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("decord", "pyav"):
+        raise ValueError(f"backend must be 'decord' or 'pyav', got {backend!r}")
+
+
+def _sampler(num_frames: int, mode: SampleMode, fix_start: Optional[int],
+             generator: Optional[torch.Generator]) -> Callable[[int], list[int]]:
+    def choose(length: int) -> list[int]:
+        return sample_frame_indices(length, num_frames, mode, fix_start, generator)
+
+    return choose
+
+
+def _decode_chosen(media: Media, shown: str, choose: Callable[[int], list[int]], size: Optional[int],
+                   num_threads: int, backend: str) -> torch.Tensor:
+    """Decode a video from a path or its bytes (``shown`` names it in errors)."""
     frames = None
     chosen: list[int] = []
 
@@ -168,36 +206,36 @@ def read_chosen_frames(
 
     if backend == "pyav":
         try:
-            frames = decode_sampled_frames(path, remember, num_threads)
+            frames = decode_sampled_frames(media, remember, num_threads)
         except Exception as error:  # PyAV raises av.error.* (OSError subclasses)
             raise VideoReadError(shown, _pyav_cause(error)) from error
     if frames is None:
-        frames = _read_frames_decord(path, shown, remember, num_threads, size)
+        frames = _read_frames_decord(media, shown, remember, num_threads, size)
     if frames.ndim != 4 or frames.shape[0] != len(chosen) or frames.shape[-1] != 3:
         raise VideoReadError(shown, f"decoder returned frames of shape {frames.shape}")
     return _square(frames, size)
 
 
-def _native_size(path: Path) -> tuple[int, int]:
+def _native_size(media: Media) -> tuple[int, int]:
     """(height, width) from the container header, without decoding."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(open_media(media)) as container:
         stream = container.streams.video[0]
         return stream.codec_context.height, stream.codec_context.width
 
 
-def _read_frames_decord(path: Path, shown: str, choose, num_threads: int, size: Optional[int]) -> np.ndarray:
+def _read_frames_decord(media: Media, shown: str, choose, num_threads: int, size: Optional[int]) -> np.ndarray:
     try:
         import decord
 
         scaled = {}
         if size is not None:
-            height, width = _native_size(path)
+            height, width = _native_size(media)
             target = scaled_size(height, width, size)
             if target != (height, width):
                 scaled = {"height": target[0], "width": target[1]}
-        reader = decord.VideoReader(str(path), num_threads=num_threads, **scaled)
+        reader = decord.VideoReader(open_media(media), num_threads=num_threads, **scaled)
         if len(reader) < 1:
             raise VideoReadError(shown, "video has no frames")
         indices = choose(len(reader))
@@ -206,7 +244,7 @@ def _read_frames_decord(path: Path, shown: str, choose, num_threads: int, size: 
         except decord.DECORDError as error:
             if "size must exactly match" not in str(error):
                 raise
-            return _read_frames_sequential(path, indices)  # a width decord mangles
+            return _read_frames_sequential(media, indices)  # a width decord mangles
     except VideoReadError:
         raise
     except Exception as error:  # decord raises RuntimeError/DECORDError with C++ text
@@ -229,7 +267,7 @@ def _square(frames: np.ndarray, size: Optional[int]) -> torch.Tensor:
     return square.contiguous()
 
 
-def _read_frames_sequential(path: Path, indices: list[int]) -> np.ndarray:
+def _read_frames_sequential(media: Media, indices: list[int]) -> np.ndarray:
     """Native-size frames through PyAV, for the widths decord 0.6 mangles.
 
     decord fails with "The size must exactly match" on frames 16, 24, 48 or 72 px wide
@@ -239,7 +277,7 @@ def _read_frames_sequential(path: Path, indices: list[int]) -> np.ndarray:
 
     wanted = set(indices)
     decoded = {}
-    with av.open(str(path)) as container:
+    with av.open(open_media(media)) as container:
         for position, frame in enumerate(container.decode(video=0)):
             if position in wanted:
                 decoded[position] = frame.to_ndarray(format="rgb24")
@@ -257,13 +295,26 @@ def read_image(
     centre-cropped and resized like video frames: uint8 ``[1, 3, size, size]`` (native
     size if None).
     """
-    from PIL import Image
-
     path = Path(path)
     shown = _shown_path(path, root)
     _check_file(path, shown)
+    return _decode_image(path, shown, size)
+
+
+def decode_image(
+    data: Union[bytes, bytearray, memoryview], size: Optional[int] = None, *, name: str = "<bytes>"
+) -> torch.Tensor:
+    """``read_image`` for an image held in memory (a shard's sample); ``name`` names it in errors."""
+    if len(data) == 0:
+        raise VideoReadError(name, "no bytes (empty image)")
+    return _decode_image(io.BytesIO(data), name, size)
+
+
+def _decode_image(source: Union[Path, BinaryIO], shown: str, size: Optional[int]) -> torch.Tensor:
+    from PIL import Image
+
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if size is not None:  # JPEG: decode at 1/2, 1/4 or 1/8 scale when that suffices
                 image.draft("RGB", scaled_size(image.height, image.width, size)[::-1])
             array = np.array(image.convert("RGB"))  # writable copy
