@@ -160,6 +160,7 @@ class RetrievalMetrics(Metric):
         self.add_state("ids", default=[], dist_reduce_fx="cat")
         self._k: Optional[int] = None
         self._with_ids: Optional[bool] = None
+        self.scored: tuple[int, int] = (0, 0)
 
     def update(
         self,
@@ -236,6 +237,7 @@ class RetrievalMetrics(Metric):
     def compute(self) -> dict[str, float]:
         text, video, mask = self._gathered()
         n, k, p = text.shape
+        self.scored = (n, int(mask.sum()))  # (videos, captions) this compute() scored, all ranks
         return retrieval_metrics(sim_matrix(text.reshape(n * k, p), video, self.eps), mask.reshape(-1))
 
 

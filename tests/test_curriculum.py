@@ -95,7 +95,7 @@ def test_refuses_to_overwrite_foreign_checkpoint(tmp_path, tiny_msrvtt, text_dir
     stages.mkdir()
     precious = stages / "stage0-1f-last.ckpt"
     precious.write_bytes(b"user data")
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    with pytest.raises(FileExistsError, match="already holds checkpoints of an earlier run"):
         _fit(config)
     assert precious.read_bytes() == b"user data"
 

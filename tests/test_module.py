@@ -10,6 +10,7 @@ from lightning_frozen.cli import run_cli
 from lightning_frozen.module import FrozenModule
 
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "R50", "MedR", "MeanR", "gmean")]
+COUNT_KEYS = ["videos_scored", "videos_total", "captions_scored", "captions_total"]
 
 
 def test_fit_steps_change_weights_and_log_loss(tmp_path, tiny_msrvtt, text_dir):
@@ -31,11 +32,13 @@ def test_validate_and_test_report_every_metric(tmp_path, tiny_msrvtt, text_dir, 
     for command, prefix in (("validate", "val"), ("test", "test")):
         cli = run_cli(["--config", str(config)], run=False)
         results = getattr(cli.trainer, command)(cli.model, datamodule=cli.datamodule)[0]
-        assert sorted(results) == sorted(f"{prefix}/{k}" for k in METRIC_KEYS)
+        assert sorted(results) == sorted(f"{prefix}/{k}" for k in METRIC_KEYS + COUNT_KEYS)
+        assert [results[f"{prefix}/{k}"] for k in COUNT_KEYS] == [6, 6, 6, 6]  # every video and caption scored
         assert 0 <= results[f"{prefix}/t2v_R1"] <= results[f"{prefix}/t2v_R5"] <= 100
         assert results[f"{prefix}/t2v_R10"] == 100.0  # 6 test videos: always within the top 10
         assert 1 <= results[f"{prefix}/t2v_MedR"] <= 6
     assert "R@1" in caplog.text and "test t2v" in caplog.text and "val v2t" in caplog.text
+    assert "scored 6 of 6 videos and 6 of 6 captions" in caplog.text
 
 
 def test_unknown_or_ill_typed_config_key_is_named(tmp_path, tiny_msrvtt, text_dir):
