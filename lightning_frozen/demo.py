@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import yaml
 
 from .callbacks import FrameCurriculum
 from .data.synthetic import DIRECTIONS, VIDEO_TEMPLATES, make_synthetic_dataset
@@ -65,9 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     root = make_synthetic_dataset(args.data, "msrvtt")  # the defaults are the demo's dataset
     print(f"[demo] data ready at {root} ({time.time() - started:.0f} s)")
 
-    # `--ckpt_path last`: an interrupted demo continues where it stopped, a finished one is only re-tested
-    # (`make clean-demo` starts over); without a last.ckpt the run starts from scratch.
-    cli = run_cli(["fit", "--config", args.config, "--ckpt_path", "last"])
+    # An interrupted demo continues where it stopped, a finished one is only re-tested (`make clean-demo`
+    # starts over): `--ckpt_path last` when the run folder holds a last.ckpt.
+    run_folder = Path(yaml.safe_load(Path(args.config).read_text())["trainer"]["default_root_dir"])
+    resume = ["--ckpt_path", "last"] if (run_folder / "checkpoints" / "last.ckpt").is_file() else []
+    cli = run_cli(["fit", "--config", args.config, *resume])
     curriculum = next(c for c in cli.trainer.callbacks if isinstance(c, FrameCurriculum))
     last_stage = len(curriculum.stages) - 1
     final_best = curriculum.best_paths[last_stage]

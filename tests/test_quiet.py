@@ -20,4 +20,4 @@ def test_validate_prints_one_table_and_no_library_noise(tmp_path, tiny_msrvtt, t
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-2000:]
     assert [noise for noise in NOISE if noise in output] == []
-    assert output.count("R@1") == 1 and "scored 6 of 6 videos" in output
+    assert output.count("MeanR") == 1 and "scored 6 of 6 videos" in output  # one table

@@ -96,28 +96,39 @@ def plot_curves(history: dict[str, Any], stages: list[tuple[int, str]], title: O
     steps = history["step"]
     loss_ax.plot(steps, history["loss"], lw=1)
     loss_ax.set(title="training loss", xlabel="step")
-    rates = list(zip(*history["lr"])) if history["lr"] else []
     shown: list[tuple[float, ...]] = []
-    for group, rate in enumerate(rates):
+    for group, rate in enumerate(zip(*history["lr"]) if history["lr"] else []):
         if rate not in shown:  # groups that differ only in weight decay share a rate
             shown.append(rate)
-            lr_ax.plot(steps, rate, lw=1, label=f"param group {group}")
+            lr_ax.plot(steps, rate, lw=1, label=f"param group {group} (peak {max(rate):.1e})")
     lr_ax.set(title="learning rate", xlabel="step")
-    if len(shown) > 1:
-        lr_ax.legend(fontsize="small")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if shown:
+        lr_ax.legend(fontsize="small", loc="center right")
     for key, label in (("t2v_R1", "text -> video"), ("v2t_R1", "video -> text")):
         val_ax.plot(history["val_epoch"], history[key], marker="o", ms=3, lw=1, label=label)
     val_ax.set(title="validation R@1 (%)", xlabel="epoch")
-    val_ax.legend(fontsize="small")
-    epoch_start = {int(k): v for k, v in history["epoch_start"].items()}
-    for epoch, label in stages:
-        for ax, x in ((loss_ax, epoch_start.get(epoch)), (lr_ax, epoch_start.get(epoch)), (val_ax, epoch - 0.5)):
-            if x is not None and epoch > 0:
-                ax.axvline(x, color="grey", ls="--", lw=0.8)
-        val_ax.annotate(f"stage {label}", (max(epoch - 0.5, 0), 1), xycoords=("data", "axes fraction"),
-                        xytext=(3, -12), textcoords="offset points", fontsize="small", color="grey")
+    val_ax.legend(fontsize="small", loc="lower right")
+    _mark_stages(stages, history, (loss_ax, lr_ax), val_ax)
     if title:
         figure.suptitle(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def _mark_stages(stages: list[tuple[int, str]], history: dict[str, Any], step_axes: tuple, epoch_ax: Any) -> None:
+    """Shade every other curriculum stage and name each one at the top of every panel."""
+    epoch_start = {int(k): v for k, v in history["epoch_start"].items()}
+    last_epoch = max([*history["val_epoch"], *epoch_start, 0]) + 1
+    last_step = max([*history["step"], 0])
+    for i, (first, label) in enumerate(stages):
+        end = stages[i + 1][0] if i + 1 < len(stages) else last_epoch
+        spans = [(epoch_ax, first - 0.5, end - 0.5)]
+        if first in epoch_start:
+            spans += [(ax, epoch_start[first], epoch_start.get(end, last_step)) for ax in step_axes]
+        for ax, left, right in spans:
+            if i % 2:
+                ax.axvspan(left, right, color="grey", alpha=0.12, lw=0)
+            ax.annotate(f"{label} stage", ((left + right) / 2, 1), xycoords=("data", "axes fraction"),
+                        xytext=(0, -11), textcoords="offset points", ha="center", fontsize="small", color="dimgrey")
