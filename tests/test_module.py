@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_VIDEO
 from tiny_config import tiny_config
 
@@ -105,6 +106,21 @@ def test_checkpoint_weights_win_and_init_from_is_not_read(tmp_path, tiny_msrvtt,
         assert torch.equal(cli.model.state_dict()[key], value), key
     with pytest.raises(FileNotFoundError, match="deleted_init.pth"):
         run_cli(["test", "--config", str(config), "--model.init_from", str(gone)])
+
+
+def test_checkpoint_settings_fill_in_what_config_and_command_line_leave_unset(tmp_path, tiny_msrvtt, text_dir):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    saved = run_cli(["--config", str(config), "--model.lr", "0.003", "--model.video.depth", "1"], run=False)
+    ckpt = tmp_path / "saved.ckpt"
+    saved.trainer.strategy.connect(saved.model)
+    saved.trainer.save_checkpoint(ckpt)
+    plain = yaml.safe_load(config.read_text())
+    del plain["model"]["lr"], plain["model"]["video"]["depth"]  # left for the checkpoint to say
+    config.write_text(yaml.safe_dump(plain))
+    cli = run_cli(["validate", "--config", str(config), "--ckpt_path", str(ckpt), "--model.temperature", "0.1"])
+    assert cli.model.hparams.lr == 0.003 and len(cli.model.model.video_model.blocks) == 1  # from the checkpoint
+    assert cli.model.hparams.temperature == 0.1  # the command line wins
+    assert cli.model.hparams.projection_dim == 16  # the config wins (the checkpoint agrees here)
 
 def test_parameter_groups_exclude_norms_biases_embeddings(tiny_text):
     module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, weight_decay=0.05)
