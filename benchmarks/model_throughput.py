@@ -144,7 +144,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     r.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; --quick: "
                    "aot_eager, which compiles in seconds)")
     r.add_argument("--peak-size", type=int, default=None, help="square matmul for the peak (CPU 2048, CUDA 8192)")
-    r.add_argument("--budget-s", type=float, default=None, help="start no new cell after this many seconds (the first cell always runs)")
+    r.add_argument("--budget-s", type=float, default=None, help="start no new cell after this many seconds "
+                   "(the first cell always runs)")
     r.add_argument("--quick", action="store_true", help="a smoke run: tiny geometry, 1 step, small batches")
     r.add_argument("--json", type=Path, default=DEFAULT_JSON)
     return p.parse_args(argv)

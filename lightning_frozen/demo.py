@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import yaml
 
 from .callbacks import FrameCurriculum
 from .data.synthetic import DIRECTIONS, VIDEO_TEMPLATES, make_synthetic_dataset
@@ -55,18 +57,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--data", default="data/synthetic_msrvtt",
                         help="synthetic dataset root, made if missing (the config's datasets must point at it)")
+    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
+                        help="torch threads (fixed, so that two runs on one machine give the same bits)")
     args = parser.parse_args(argv)
 
     started = time.time()
+    torch.set_num_threads(args.threads)
     root = make_synthetic_dataset(args.data, "msrvtt")  # the defaults are the demo's dataset
     print(f"[demo] data ready at {root} ({time.time() - started:.0f} s)")
 
-    cli = run_cli(["fit", "--config", args.config])
+    # An interrupted demo continues where it stopped, a finished one is only re-tested (`make clean-demo`
+    # starts over): `--ckpt_path last` when the run folder holds a last.ckpt.
+    run_folder = Path(yaml.safe_load(Path(args.config).read_text())["trainer"]["default_root_dir"])
+    resume = ["--ckpt_path", "last"] if (run_folder / "checkpoints" / "last.ckpt").is_file() else []
+    cli = run_cli(["fit", "--config", args.config, *resume])
     curriculum = next(c for c in cli.trainer.callbacks if isinstance(c, FrameCurriculum))
     last_stage = len(curriculum.stages) - 1
     final_best = curriculum.best_paths[last_stage]
-    print(f"[demo] fit done ({time.time() - started:.0f} s); testing {final_best}")
-    test_metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=final_best, weights_only=False)[0]
+    print(f"[demo] fit done ({time.time() - started:.0f} s); testing {final_best} (chosen on the held-out clips)")
+    test_metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=final_best, weights_only=False,
+                                    verbose=False)[0]
 
     probes = {}
     for stage_index in (0, last_stage):
@@ -83,7 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "R1_over_chance": test_metrics["test/t2v_R1"] / chance_r1,
         "direction_accuracy": probes,
         "direction_chance": 100.0 / len(DIRECTIONS),
+        "best_val_gmean": {f"stage{i}": v for i, v in sorted(curriculum.best_scores.items())},
         "checkpoints": {f"stage{i}": p for i, p in sorted(curriculum.best_paths.items())},
+        "threads": args.threads,
         "seconds": round(time.time() - started, 1),
     }
     out = Path(cli.trainer.log_dir or ".") / "demo_summary.json"
@@ -92,7 +104,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         summary["test_t2v_R1"], summary["R1_over_chance"], chance_r1))
     print("[demo] direction-only captions (chance {:.0f}%): ".format(summary["direction_chance"])
           + ", ".join(f"{k} {v:.1f}%" for k, v in probes.items()))
-    print(f"[demo] {summary['seconds']:.0f} s in all; summary in {out}")
+    print(f"[demo] {summary['seconds']:.0f} s in all; summary in {out}; curves in "
+          f"{Path(final_best).parent / 'curves.png'}; TensorBoard: tensorboard --logdir runs")
     return summary
 
 

@@ -5,41 +5,101 @@ to run the same `fit` a user would.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from . import ipu  # noqa: F401  registers `accelerator: ipu` and the IPU strategy names
-from .callbacks import EmbeddingWriter
+from .callbacks import EmbeddingWriter, ExactResume, TrainingCurves
 from .checkpoint_io import SafeCheckpointIO
 from .data.datamodule import FrozenDataModule
 from .module import FrozenModule
+from .quiet import quiet_library_output
+from .safe_load import safe_torch_load
 
 PROG = "lightning-frozen"
 
 
 class FrozenCLI(LightningCLI):
-    """LightningCLI over FrozenModule and FrozenDataModule, with the tokenizer linked to the text model."""
+    """LightningCLI over FrozenModule and FrozenDataModule, with the tokenizer linked to the text model.
+
+    Every trainer gets `SafeCheckpointIO` (restricted reads, atomic writes), `ExactResume`
+    (random states in checkpoints) and `TrainingCurves` (curves.png next to the checkpoints).
+    With ``--ckpt_path FILE`` the checkpoint's recorded model settings fill in what the config
+    and the command line leave unset (theirs win), and the checkpoint's weights win over
+    ``init_from`` and pretrained towers.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._command_line = kwargs.get("args")
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.text.name_or_path", "data.tokenizer")
         parser.add_lightning_class_args(EmbeddingWriter, "embeddings")
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's version reads the file with torch.load and lays its hyperparameters over the
+        # config *and the command line*; here they are defaults under both, read with the restricted loader.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return  # none, or "last"/"best", which Lightning resolves later
+        checkpoint = safe_torch_load(path)
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not hparams:
+            return
+        parser = self._parser(subcommand)
+        known = {action.dest for action in parser._actions}
+        defaults = {f"model.{key}": value for key, value in hparams.items() if f"model.{key}" in known}
+        for group in ("video", "text"):  # dataclass groups take their fields one by one
+            for field, value in (hparams.get(group) or {}).items():
+                if f"model.{group}.{field}" in known:
+                    defaults[f"model.{group}.{field}"] = value
+        parser.set_defaults(defaults)
+        self.parse_arguments(self.parser, self._command_line)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        config = self._get(self.config_init, "trainer", default={})
+        plugins, callbacks = _as_list(config.get("plugins")), _as_list(config.get("callbacks"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(SafeCheckpointIO())  # every --ckpt_path read goes through the restricted unpickler
-        return super().instantiate_trainer(plugins=plugins, **kwargs)
+            plugins.append(SafeCheckpointIO())  # restricted reads of --ckpt_path, atomic writes
+        for kind in (ExactResume, TrainingCurves):  # random states in checkpoints; curves.png after a fit
+            if not any(isinstance(c, kind) for c in callbacks):
+                callbacks.append(kind())
+        return super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
 
     def after_instantiate_classes(self) -> None:
-        if self.subcommand and self.config_init[self.subcommand].get("ckpt_path"):
+        if self.subcommand and self._restores_a_checkpoint():
             self.model.weights_from_checkpoint()  # the checkpoint's weights win: init_from is not read
+
+    def _restores_a_checkpoint(self) -> bool:
+        path = self.config_init[self.subcommand].get("ckpt_path")
+        if path == "last":  # a first run with --ckpt_path last finds none and starts from init_from
+            return any(callback._find_last_checkpoints(self.trainer) for callback in self.trainer.checkpoint_callbacks
+                       if isinstance(callback, ModelCheckpoint))
+        return bool(path)
+
+    # validate/test: FrozenModule prints its own retrieval table; Lightning's would repeat it.
+    def validate(self, **kwargs: Any) -> Any:
+        return self.trainer.validate(**{**kwargs, "verbose": False})
+
+    def test(self, **kwargs: Any) -> Any:
+        return self.trainer.test(**{**kwargs, "verbose": False})
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def run_cli(args: Optional[list[str]] = None, run: bool = True) -> FrozenCLI:
     """Parse `args` (default sys.argv) and run the subcommand (`run=False`: only build the objects)."""
+    quiet_library_output()
     return FrozenCLI(FrozenModule, FrozenDataModule, args=args, run=run,
                      save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": PROG})

@@ -168,6 +168,7 @@ class RetrievalMetrics(Metric):
         self.add_state("ids", default=[], dist_reduce_fx="cat")
         self._k: Optional[int] = None
         self._with_ids: Optional[bool] = None
+        self.scored: tuple[int, int] = (0, 0)
 
     def update(
         self,
@@ -245,6 +246,7 @@ class RetrievalMetrics(Metric):
     def compute(self) -> dict[str, float]:
         text, video, mask = self._gathered()
         n, k, p = text.shape
+        self.scored = (n, int(mask.sum()))  # (videos, captions) this compute() scored, all ranks
         sims, valid = sim_matrix(text.reshape(n * k, p), video, self.eps), mask.reshape(-1)
         out = retrieval_metrics(sims, valid)
         if self.dual_softmax is not None:

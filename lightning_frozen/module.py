@@ -115,6 +115,17 @@ class FrozenModule(pl.LightningModule):
             if is_dataclass(hparams.get(key)):
                 hparams[key] = asdict(hparams[key])
 
+    def setup(self, stage: str) -> None:
+        """Check the data against the model before the first step (lengths, frames, shapes)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        check_data_fits_model(self, datamodule)
+        if self.hparams.compile != "off" and getattr(datamodule, "padding", "max_length") != "max_length":
+            # compiled for static shapes: a new caption length per batch would compile again and again
+            raise ValueError(
+                f"model.compile: {self.hparams.compile} compiles for static shapes, but data.padding is "
+                f"{datamodule.padding!r}: caption lengths then change from batch to batch and every new length "
+                "compiles again. Set data.padding: max_length (captions padded to data.max_length).")
+
     # -- training --------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> Tensor:
         """Contrastive loss of one dataset's batch over the global (all-rank) batch."""
@@ -172,10 +183,16 @@ class FrozenModule(pl.LightningModule):
     def _log_retrieval(self, metric: RetrievalMetrics, prefix: str) -> None:
         values = metric.compute()
         metric.reset()
-        for key, value in values.items():
+        videos, captions = metric.scored
+        total_videos, total_captions = _evaluation_totals(self.trainer, prefix)
+        counts = {"videos_scored": videos, "videos_total": total_videos,
+                  "captions_scored": captions, "captions_total": total_captions}
+        for key, value in {**values, **counts}.items():
             self.log(f"{prefix}/{key}", float(value), sync_dist=False, rank_zero_only=False)
         if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
-            rank_zero_info("\n" + format_metrics_table(values, prefix))
+            rank_zero_info("\n" + format_metrics_table(values, prefix) + f"\nscored {videos} of {total_videos} "
+                           f"videos and {captions} of {total_captions} captions"
+                           + ("" if videos == total_videos else " (the rest unreadable or beyond limit_*_batches)"))
 
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval(self.val_metrics, "val")
@@ -188,10 +205,17 @@ class FrozenModule(pl.LightningModule):
 
     @staticmethod
     def predictions(batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> dict[str, Any]:
-        """Video and caption embeddings (L2-normalised) with their ids, for search."""
+        """Video and caption embeddings (L2-normalised) with their ids, for search.
+
+        ``index`` (each item's position) lets the writer keep one row per video when lax
+        loading handed a replacement for an unreadable one; ``skipped`` lists those.
+        """
+        meta = batch["meta"]
         return {
-            "ids": list(batch["meta"]["id"]),
-            "paths": list(batch["meta"]["path"]),
+            "ids": list(meta["id"]),
+            "paths": list(meta["path"]),
+            "index": [int(i) for i in meta.get("index", range(len(meta["id"])))],
+            "skipped": [path for paths in meta.get("skipped", []) if paths for path in paths],
             "video": nn.functional.normalize(video_emb.float(), dim=-1).cpu(),
             "text": nn.functional.normalize(text_emb.float(), dim=-1).cpu(),
         }
@@ -207,15 +231,6 @@ class FrozenModule(pl.LightningModule):
             self._compiled = torch.compile(self.model.forward, dynamic=False, mode=mode,
                                            backend=self.hparams.compile_backend)
         return self._compiled
-
-    def setup(self, stage: str) -> None:
-        """Refuse a compiled run whose batches change shape with their captions."""
-        datamodule = getattr(self._trainer, "datamodule", None)
-        if self.hparams.compile != "off" and getattr(datamodule, "padding", "max_length") != "max_length":
-            raise ValueError(
-                f"model.compile: {self.hparams.compile} compiles for static shapes, but data.padding is "
-                f"{datamodule.padding!r}: caption lengths then change from batch to batch and every new length "
-                "compiles again. Set data.padding: max_length (captions padded to data.max_length).")
 
     def reset_compiled(self) -> None:
         """Drop the compiled graphs (FrameCurriculum calls this when a stage changes the frame count),
@@ -295,3 +310,30 @@ class FrozenModule(pl.LightningModule):
         if self._cached_total_steps is None:
             self._cached_total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
         return self._cached_total_steps
+
+
+def _evaluation_totals(trainer: Any, prefix: str) -> tuple[int, int]:
+    """(videos, captions) of the evaluation datasets that a full pass would score."""
+    datasets = getattr(getattr(trainer, "datamodule", None), "datasets", {}).get(prefix, [])
+    return sum(len(d) for d in datasets), sum(int(getattr(d, "num_captions", len(d))) for d in datasets)
+
+
+def check_data_fits_model(module: FrozenModule, datamodule: Any) -> None:
+    """Settings of data and model that only fail together, checked before the first step."""
+    if datamodule is None:
+        return
+    positions = getattr(module.model.text_model.config, "max_position_embeddings", None)
+    max_length = getattr(datamodule, "max_length", None)
+    if positions and max_length and max_length > positions:
+        raise ValueError(f"data.max_length is {max_length} but the text model "
+                         f"({module.model.text_config.name_or_path}) has {positions} positions: "
+                         f"set data.max_length <= {positions}")
+    rows = module.model.video_model.num_frames
+    if getattr(datamodule, "frame_schedule", None) is not None:
+        return  # a frame curriculum sets the frames per clip (and checks its stages against the model)
+    for stage, datasets in getattr(datamodule, "datasets", {}).items():
+        for dataset in datasets:
+            frames = getattr(dataset, "num_frames", None)
+            if isinstance(frames, int) and frames > rows:
+                raise ValueError(f"a {stage} dataset reads {frames} frames per clip but model.video.num_frames is "
+                                 f"{rows}: set model.video.num_frames >= {frames} or data.num_frames <= {rows}")

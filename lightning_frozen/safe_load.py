@@ -154,3 +154,7 @@ def safe_torch_load(path: Union[str, os.PathLike]) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path.name}: {err}") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        # torch's own messages ("failed finding central directory") name no file
+        raise pickle.UnpicklingError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save: "
+                                     f"{str(err).splitlines()[0]}); use an intact copy") from None

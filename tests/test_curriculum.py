@@ -59,6 +59,10 @@ def test_curriculum_switches_frames_writes_stage_checkpoints_and_resumes(tmp_pat
     assert best0["epoch"] == 0
     assert best0["hyper_parameters"]["video"]["num_frames"] == 4  # plain dicts: weights_only loads work
     stage0_digests = {p.name: _digest(p) for p in stages.glob("stage0-*")}
+    curves = tmp_path / "checkpoints" / "curves.png"  # next to the first ModelCheckpoint's (Lightning's default)
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
+    history = next(c for c in cli.trainer.callbacks if type(c).__name__ == "TrainingCurves").history
+    assert history["val_epoch"] == [0, 1, 2] and history["epoch_start"] == {0: 0, 1: 2, 2: 4}
 
     # Resume from the end of epoch 1 (the first epoch of stage 1): one more 2-frame epoch.
     probe = FrameProbe()
@@ -95,7 +99,7 @@ def test_refuses_to_overwrite_foreign_checkpoint(tmp_path, tiny_msrvtt, text_dir
     stages.mkdir()
     precious = stages / "stage0-1f-last.ckpt"
     precious.write_bytes(b"user data")
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    with pytest.raises(FileExistsError, match="already holds checkpoints of an earlier run"):
         _fit(config)
     assert precious.read_bytes() == b"user data"
 

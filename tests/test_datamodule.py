@@ -280,8 +280,9 @@ def test_loader_survives_lightning_distributed_sampler_injection():
         loader = dm.train_dataloader()
     sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True)
     ddp_loader = _update_dataloader(loader, sampler, mode="fit")
-    assert type(ddp_loader) is type(loader) and ddp_loader.sampler is sampler
-    assert ddp_loader.drop_last and ddp_loader.batch_size == 2
+    # A StatefulDataLoader keeps its batching in a (stateful) batch sampler around the new sampler.
+    assert type(ddp_loader) is type(loader) and ddp_loader.batch_sampler.sampler is sampler
+    assert ddp_loader.batch_sampler.drop_last and ddp_loader.batch_sampler.batch_size == 2
     ds._skips += 5
     batches = list(ddp_loader)  # on_start reset the counter, then 4 items were read
     assert len(batches) == 2 and ds.num_skipped == 4

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_VIDEO
 from tiny_config import tiny_config
 
@@ -10,6 +11,7 @@ from lightning_frozen.cli import run_cli
 from lightning_frozen.module import FrozenModule
 
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "R50", "MedR", "MeanR", "gmean")]
+COUNT_KEYS = ["videos_scored", "videos_total", "captions_scored", "captions_total"]
 
 
 def test_fit_steps_change_weights_and_log_loss(tmp_path, tiny_msrvtt, text_dir):
@@ -31,11 +33,13 @@ def test_validate_and_test_report_every_metric(tmp_path, tiny_msrvtt, text_dir, 
     for command, prefix in (("validate", "val"), ("test", "test")):
         cli = run_cli(["--config", str(config)], run=False)
         results = getattr(cli.trainer, command)(cli.model, datamodule=cli.datamodule)[0]
-        assert sorted(results) == sorted(f"{prefix}/{k}" for k in METRIC_KEYS)
+        assert sorted(results) == sorted(f"{prefix}/{k}" for k in METRIC_KEYS + COUNT_KEYS)
+        assert [results[f"{prefix}/{k}"] for k in COUNT_KEYS] == [6, 6, 6, 6]  # every video and caption scored
         assert 0 <= results[f"{prefix}/t2v_R1"] <= results[f"{prefix}/t2v_R5"] <= 100
         assert results[f"{prefix}/t2v_R10"] == 100.0  # 6 test videos: always within the top 10
         assert 1 <= results[f"{prefix}/t2v_MedR"] <= 6
     assert "R@1" in caplog.text and "test t2v" in caplog.text and "val v2t" in caplog.text
+    assert "scored 6 of 6 videos and 6 of 6 captions" in caplog.text
 
 
 def test_unknown_or_ill_typed_config_key_is_named(tmp_path, tiny_msrvtt, text_dir):
@@ -102,6 +106,21 @@ def test_checkpoint_weights_win_and_init_from_is_not_read(tmp_path, tiny_msrvtt,
         assert torch.equal(cli.model.state_dict()[key], value), key
     with pytest.raises(FileNotFoundError, match="deleted_init.pth"):
         run_cli(["test", "--config", str(config), "--model.init_from", str(gone)])
+
+
+def test_checkpoint_settings_fill_in_what_config_and_command_line_leave_unset(tmp_path, tiny_msrvtt, text_dir):
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir)
+    saved = run_cli(["--config", str(config), "--model.lr", "0.003", "--model.video.depth", "1"], run=False)
+    ckpt = tmp_path / "saved.ckpt"
+    saved.trainer.strategy.connect(saved.model)
+    saved.trainer.save_checkpoint(ckpt)
+    plain = yaml.safe_load(config.read_text())
+    del plain["model"]["lr"], plain["model"]["video"]["depth"]  # left for the checkpoint to say
+    config.write_text(yaml.safe_dump(plain))
+    cli = run_cli(["validate", "--config", str(config), "--ckpt_path", str(ckpt), "--model.temperature", "0.1"])
+    assert cli.model.hparams.lr == 0.003 and len(cli.model.model.video_model.blocks) == 1  # from the checkpoint
+    assert cli.model.hparams.temperature == 0.1  # the command line wins
+    assert cli.model.hparams.projection_dim == 16  # the config wins (the checkpoint agrees here)
 
 def test_parameter_groups_exclude_norms_biases_embeddings(tiny_text):
     module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, weight_decay=0.05)

@@ -86,3 +86,15 @@ def test_command_line(source, tmp_path, capsys):
     assert summary.encoded == 6
     assert decord.VideoReader(str(tmp_path / "cli/videos/all/video0.mp4"))[0].shape == (48, 64, 3)
     assert "failed 3" in capsys.readouterr().out
+
+
+def test_installed_command_exits_non_zero_and_lists_failures(source, tmp_path, capsys):
+    from lightning_frozen.cli import main as command
+
+    with pytest.raises(SystemExit) as exit_info:
+        command(["prepare", "--src", str(source), "--dst", str(tmp_path / "mirror"), "--short-side", "0",
+                 "--workers", "1", "--quiet"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert "3 file(s) failed" in captured.err and "prepare_report.json" in captured.err
+    assert captured.out.count("FAILED videos/all/") == 3

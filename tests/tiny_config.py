@@ -20,12 +20,13 @@ def tiny_config(tmp_path: Path, data_root: Path, text_dir: str, stages: Optional
                       "init_args": {"root": str(cc3m_root), "split": "train", "frame_size": 32}})
         sizes.append(6)
     callbacks = []
+    trainer.setdefault("max_epochs", sum(s["epochs"] for s in stages) if stages else 1)
     if stages:
         callbacks.append({"class_path": "lightning_frozen.callbacks.FrameCurriculum",
                           "init_args": {"stages": stages, "dirpath": str(tmp_path / "stages")}})
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False,
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False,
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
                     "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path), "callbacks": callbacks,
                     **trainer},

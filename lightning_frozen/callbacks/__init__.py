@@ -1,5 +1,8 @@
-"""Training callbacks: the frame curriculum and the embedding writer."""
+"""Training callbacks: the frame curriculum, last.ckpt and exact resume, training curves and the embedding writer."""
 from .curriculum import FrameCurriculum, Stage
+from .curves import TrainingCurves
 from .embeddings import EmbeddingWriter
+from .last_checkpoint import LastCheckpoint
+from .resume import ExactResume
 
-__all__ = ["EmbeddingWriter", "FrameCurriculum", "Stage"]
+__all__ = ["EmbeddingWriter", "ExactResume", "FrameCurriculum", "LastCheckpoint", "Stage", "TrainingCurves"]

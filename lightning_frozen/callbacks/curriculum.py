@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info
 
 from ..models import load_checkpoint
+from .resume import refuse_used_folder
 
 
 @dataclass
@@ -70,9 +72,12 @@ class FrameCurriculum(pl.Callback):
     def _is_last_epoch_of_stage(self, epoch: int) -> bool:
         return epoch + 1 in self._ends
 
+    def stage_folder(self, trainer: pl.Trainer) -> Path:
+        """Where the stage checkpoints go."""
+        return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
     def _path(self, trainer: pl.Trainer, index: int, kind: str) -> Path:
-        root = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
-        return root / f"stage{index}-{self.stages[index].frames}f-{kind}.ckpt"
+        return self.stage_folder(trainer) / f"stage{index}-{self.stages[index].frames}f-{kind}.ckpt"
 
     def _save(self, trainer: pl.Trainer, path: Path, index: int) -> None:
         """Write a checkpoint without ever overwriting a file this run does not own.
@@ -90,11 +95,25 @@ class FrameCurriculum(pl.Callback):
         self._written.add(str(path))
 
     # -- hooks -----------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Installed before the LightningModule's setup checks the data against the model: the
+        # frame counts that matter are then the stages' (checked in on_fit_start), not the datasets'.
+        datamodule = trainer.datamodule
+        if stage == "fit" and datamodule is not None and hasattr(datamodule, "frame_schedule"):
+            datamodule.frame_schedule = self.frames_at_epoch
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_epochs != self.total_epochs:
-            if trainer.max_epochs not in (None, -1, 1000):
-                rank_zero_warn(f"FrameCurriculum sets max_epochs to {self.total_epochs} (was {trainer.max_epochs})")
+            if trainer.max_epochs not in (None, -1, 1000):  # Lightning's values for "not set"
+                raise ValueError(
+                    f"trainer.max_epochs is {trainer.max_epochs} but the FrameCurriculum's stages add up to "
+                    f"{self.total_epochs} epochs ({' + '.join(str(s.epochs) for s in self.stages)}): leave "
+                    "trainer.max_epochs out (the curriculum sets it) or change the stages' epochs"
+                )
             trainer.fit_loop.max_epochs = self.total_epochs
+        if trainer.ckpt_path is None:  # a fresh run: find another run's stage files now, not after epoch 0
+            names = [self._path(trainer, i, kind).name for i in range(len(self.stages)) for kind in ("best", "last")]
+            refuse_used_folder(self.stage_folder(trainer), names)
         model_frames = pl_module.model.video_model.num_frames
         most = max(s.frames for s in self.stages)
         if most > model_frames:
@@ -114,8 +133,12 @@ class FrameCurriculum(pl.Callback):
             self.resumed_stage = self.stage_of_epoch(trainer.current_epoch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
-            return
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # `validate` never writes checkpoints
+        if self.monitor not in trainer.callback_metrics:
+            logged = sorted(trainer.callback_metrics)
+            raise ValueError(f"FrameCurriculum monitor {self.monitor!r} was not logged by the validation; it logged "
+                             f"{logged}. Set the callback's monitor to one of them.")
         index = self.stage_of_epoch(trainer.current_epoch)
         score = float(trainer.callback_metrics[self.monitor])
         if math.isnan(score):

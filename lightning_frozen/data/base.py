@@ -17,18 +17,18 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional, TypeVar, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from .metadata_checks import clean_captions, reject
 from .video import VideoReadError, read_frames
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Split = Literal["train", "val", "test"]
 Loading = Literal["strict", "lax"]
 _SKIP_SLOTS = 256
@@ -108,11 +108,18 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         self.decode_backend = decode_backend
         self.max_skip_attempts = max_skip_attempts
         self.multi_caption = False
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1 (or null for every sample), got {max_samples}")
+        if frame_size is not None and frame_size < 1:
+            raise ValueError(f"frame_size must be a positive number of pixels (or null for the native size), "
+                             f"got {frame_size}")
+        self.num_dropped = 0  # metadata records left out by lax loading (see _checked_captions)
         records = self._load_metadata()
         missing = {"id", "path", "captions"} - set(records.columns)
         if missing:
             raise RuntimeError(f"{type(self).__name__}._load_metadata lacks columns {missing}")
-        self.records = self._subsample(records.reset_index(drop=True), subsample)
+        records = self._checked_captions(records.reset_index(drop=True))
+        self.records = self._subsample(records, subsample)
         if len(self.records) == 0:
             raise ValueError(
                 f"{type(self).__name__}({self.root}, split={split!r}) has no samples; "
@@ -126,9 +133,28 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
 
     # --- subclass hooks -------------------------------------------------------------
+    # Where the captions come from, for error messages (subclasses set them in _load_metadata).
+    metadata_file: Optional[Path] = None
+    caption_field = "caption"
+
     def _load_metadata(self) -> pd.DataFrame:
         """Return a DataFrame with ``id``, ``path`` (relative to root) and ``captions``."""
         raise NotImplementedError
+
+    # --- metadata checks ------------------------------------------------------------
+    def _reject(self, problem: str, offenders: list[str], fix: str) -> None:
+        """Strict: one error naming the metadata file and the offenders. Lax: count them and warn once."""
+        where = f"'{self.metadata_file}'" if self.metadata_file else f"the metadata under '{self.root}'"
+        reject(f"{type(self).__name__} ({where})", self.loading, problem, offenders, fix)
+        self.num_dropped += len(offenders)
+
+    def _checked_captions(self, records: pd.DataFrame) -> pd.DataFrame:
+        """Every caption a non-empty string: found at setup, not epochs later."""
+        cleaned, offenders = clean_captions(records)
+        self._reject(f"record(s) with a missing or empty {self.caption_field!r}", offenders,
+                     f"Give every record a non-empty {self.caption_field!r}")
+        records = records.assign(captions=cleaned)
+        return records[records["captions"].map(len) > 0].reset_index(drop=True)
 
     def _read(self, path: Path, generator: torch.Generator) -> torch.Tensor:
         """Decode one sample's pixels (videos here; image datasets override); `generator` draws frames."""
@@ -213,6 +239,13 @@ class TextVideoDataset(SharedFrameCount, Dataset):
             return captions[int(torch.randint(len(captions), (1,), generator=generator))]
         return captions[0]
 
+    @property
+    def num_captions(self) -> int:
+        """Captions an evaluation of every sample scores (k per item for multi-caption items)."""
+        if self.multi_caption:
+            return int(self.records["captions"].map(len).sum())
+        return len(self)
+
     @functools.cached_property
     def max_captions(self) -> int:
         """k, the caption count of multi-caption items (longest caption list)."""
@@ -222,8 +255,11 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         """``{"video": uint8 [F, 3, H, W], "text": str (or k strings), "meta": {...}}``.
 
         meta holds ``id``, ``path`` (relative to root), ``dataset``, ``index`` (the
-        position of the sample actually returned) and, for multi-caption items,
-        ``caption_mask`` (False where the text list is padded).
+        position of the sample actually returned), for multi-caption items
+        ``caption_mask`` (False where the text list is padded) and, when lax loading
+        replaced unreadable samples by this one, ``skipped`` (their paths). The
+        replacement keeps its own ``index``: evaluation and predict count each position
+        once, so an unreadable video is never scored or written under another's data.
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
@@ -262,22 +298,41 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         )
 
 
-def first_readable(candidates: Iterable[tuple[int, int]], read: Callable[[int, int], T], loading: Loading,
-                   count_skip: Callable[[], None], name: str) -> Optional[T]:
-    """Lax loading: ``read(position, attempt)`` for each candidate in turn, the first readable one.
+def first_readable(candidates: Iterable[tuple[int, int]], read: Callable[[int, int], dict[str, Any]],
+                   loading: Loading, count_skip: Callable[[], None], name: str) -> Optional[dict[str, Any]]:
+    """Lax loading: ``read(position, attempt)`` for each candidate in turn, the first readable item.
 
     An unreadable sample (``VideoReadError``) raises under strict loading; under lax loading it
-    is counted (``count_skip``) and the next candidate is read. None when none was readable.
+    is counted (``count_skip``), its path goes to the returned item's ``meta["skipped"]`` (so
+    predict and test can say what they left out) and the next candidate is read. None when
+    none was readable.
     """
+    skipped: list[str] = []
     for position, attempt in candidates:
         try:
-            return read(position, attempt)
+            item = read(position, attempt)
         except VideoReadError as error:
             if loading == "strict":
                 raise
             count_skip()
+            skipped.append(error.path)
             log.warning("%s: replacing an unreadable sample: %s", name, error)
+            continue
+        if skipped:
+            item["meta"]["skipped"] = skipped
+        return item
     return None
+
+
+def run_generator(*key: int) -> torch.Generator:
+    """A generator seeded by the run's seed (``seed_everything``) and `key` alone.
+
+    No global random state goes in or comes out, so the numbers it gives depend only on
+    where they are used in the run, never on what ran before.
+    """
+    run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+    high, low = np.random.SeedSequence([run_seed, *key]).generate_state(2)
+    return torch.Generator().manual_seed((int(high) << 32) | int(low))
 
 
 def sample_generator(seed: int, epoch: int, position: int, attempt: int) -> torch.Generator:
@@ -287,9 +342,7 @@ def sample_generator(seed: int, epoch: int, position: int, attempt: int) -> torc
     item's position and the lax-loading attempt, never on which worker reads it or what was
     read before: a resumed loader draws exactly what the interrupted one would have.
     """
-    run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-    high, low = np.random.SeedSequence([run_seed, seed, epoch, position, attempt]).generate_state(2)
-    return torch.Generator().manual_seed((int(high) << 32) | int(low))
+    return run_generator(seed, epoch, position, attempt)
 
 
 def read_table(path: Path, required: set[str], what: str) -> pd.DataFrame:
@@ -297,7 +350,11 @@ def read_table(path: Path, required: set[str], what: str) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{what}: metadata file '{path}' not found")
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what}: '{path}' is not a readable {'TSV' if sep == chr(9) else 'CSV'} table "
+                         f"({str(err).strip()}); replace it with a clean copy") from None
     missing = required - set(table.columns)
     if missing:
         raise ValueError(

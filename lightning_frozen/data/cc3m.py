@@ -60,6 +60,7 @@ class ConceptualCaptions3M(TextVideoDataset):
             path = find_file(
                 [self.root / "metadata" / name, self.root / name], "CC3M", "pass metadata_csv=<path>"
             )
+        self.metadata_file = path
         table = read_table(path, {"caption", "thumbnailUrl"}, "CC3M")
         names = table["thumbnailUrl"].map(image_name)
         return pd.DataFrame(

@@ -57,8 +57,11 @@ from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Seque
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
+from .base import run_generator
 from .collate import TextVideoCollator, is_single_batch
+from .sampler import EpochShuffleSampler
 from .streaming import is_streaming, streaming_loader
 from .transforms import VideoTransform
 
@@ -100,21 +103,40 @@ def _call_each(ds: Dataset, method: str, *args: Any) -> None:
             fn(*args)
 
 
-class _EpochStartDataLoader(DataLoader):
-    """A DataLoader that calls ``on_start()`` whenever iteration (re)starts.
+class _EpochStartDataLoader(StatefulDataLoader):
+    """A resumable DataLoader that calls ``on_start()`` whenever iteration (re)starts.
 
     ``iter()`` runs in the main process before any worker reads an item, which makes it
-    the place to reset per-epoch dataset state. Lightning re-creates the loader with a
-    DistributedSampler under DDP; ``on_start`` is carried over like any other argument.
+    the place to reset per-epoch dataset state; ``on_start`` returns the epoch of a training
+    loader (None otherwise), which goes to the sampler before it draws the epoch's order.
+    ``epoch_done`` says when the epoch's last batch has passed: its state is then empty.
+    torchdata's ``StatefulDataLoader`` has ``state_dict``/``load_state_dict``: Lightning
+    saves its position in every checkpoint and a resumed run continues at the next batch.
+    Lightning re-creates the loader with a DistributedSampler under DDP; ``on_start`` is
+    carried over like any other argument.
     """
 
-    def __init__(self, *args: Any, on_start: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_start: Optional[Callable[[], Optional[int]]] = None,
+                 epoch_done: Optional[Callable[[], bool]] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_start = on_start
+        self.epoch_done = epoch_done
+
+    def state_dict(self) -> Dict[str, Any]:
+        # After an epoch's last batch the next iteration is a new epoch: save no position, or a
+        # resume would start that epoch where this one stopped (or at its end).
+        if self.epoch_done is not None and self.epoch_done():
+            return {}
+        return super().state_dict()
 
     def __iter__(self) -> Iterator[Any]:
-        if self.on_start is not None:
-            self.on_start()
+        epoch = self.on_start() if self.on_start is not None else None
+        if epoch is not None:
+            # Ours, or under DDP the DistributedSampler that Lightning put into the batch sampler
+            # (Lightning itself only reaches `sampler` and `batch_sampler`, and too late for a resume).
+            for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(epoch)
         return super().__iter__()
 
 
@@ -205,6 +227,7 @@ class FrozenDataModule(pl.LightningDataModule):
         # Frames per clip as a function of the epoch; the frame curriculum installs one.
         self.frame_schedule: Optional[Callable[[int], int]] = None
         self._loader_epochs: Dict[Tuple[str, int], Any] = {}
+        self._samplers: Dict[int, EpochShuffleSampler] = {}
 
     # ----------------------------------------------------------------- setup
     @property
@@ -250,13 +273,15 @@ class FrozenDataModule(pl.LightningDataModule):
         return _EpochStartDataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=self._train_sampler(index) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
+            generator=run_generator(_dataset_seed(dataset), index),  # worker seeds never draw on the global RNG
             on_start=functools.partial(self._on_loader_start, stage, index),
+            epoch_done=self._train_epoch_done if train else None,
         )
 
     def _streaming_loader(self, stage: str, index: int, batch_size: int) -> DataLoader:
@@ -271,6 +296,13 @@ class FrozenDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
         )
+
+    def _train_sampler(self, index: int) -> EpochShuffleSampler:
+        """The training order of dataset `index`: a function of (run seed, dataset seed, epoch) alone."""
+        dataset = self.datasets["train"][index]
+        sampler = EpochShuffleSampler(dataset, seed=_dataset_seed(dataset), stream=index)
+        self._samplers[index] = sampler
+        return sampler
 
     def _loaders(self, stage: str, arg: str) -> List[DataLoader]:
         if not self.datasets[stage]:
@@ -332,24 +364,45 @@ class FrozenDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return None
-        # The epoch whose data comes next. After a resume from an end-of-epoch checkpoint
-        # Lightning starts the train loader before current_epoch moves on; epoch_progress has.
-        return (trainer.fit_loop.epoch_progress.current.processed, trainer.sanity_checking)
+        # The epoch whose data comes next. After a resume Lightning starts the train loader
+        # before current_epoch moves on: epoch_progress has moved on for a checkpoint from an
+        # epoch's end; one from its last batch or its validation still counts that epoch as
+        # running although all its batches are done.
+        loop = trainer.fit_loop
+        progress = loop.epoch_progress.current
+        finished = loop.restarting and progress.started > progress.processed and self._train_epoch_done()
+        return (progress.processed + int(finished), trainer.sanity_checking)
 
-    def _on_loader_start(self, stage: str, index: int) -> None:
+    def _train_epoch_done(self) -> bool:
+        """Whether the running training epoch has had its last batch (then a loader's position is of no use)."""
+        trainer = self.trainer
+        return trainer is not None and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+    def _on_loader_start(self, stage: str, index: int) -> Optional[int]:
         """New epoch for this loader: reset skip counts and, for training, ``set_epoch``.
 
         A loader restarted within one epoch (the shorter dataset cycling under
         "max_size_cycle", or several validation runs in an epoch) keeps its counts.
+        Returns the epoch of a training loader, for its sampler.
         """
         key = self._epoch_key()
+        train_epoch = key[0] if stage == "train" and key is not None else None
         if key is not None and self._loader_epochs.get((stage, index)) == key:
-            return
+            return train_epoch
         self._loader_epochs[(stage, index)] = key
         dataset = self.datasets[stage][index]
         _call_each(dataset, "reset_skipped")
         if self.frame_schedule is not None and key is not None:
             # Read per item (shared memory): a curriculum stage change rebuilds no loader.
             _call_each(dataset, "set_num_frames", self.frame_schedule(key[0]))
-        if stage == "train" and key is not None:
-            _call_each(dataset, "set_epoch", key[0])
+        if train_epoch is not None:
+            _call_each(dataset, "set_epoch", train_epoch)
+            if index in self._samplers:
+                self._samplers[index].set_epoch(train_epoch)
+        return train_epoch
+
+
+def _dataset_seed(dataset: Dataset) -> int:
+    """The ``seed`` of the (first) dataset that reads files, 0 if it has none."""
+    seed = getattr(_leaf_datasets(dataset)[0], "seed", 0)
+    return int(seed) if isinstance(seed, int) else 0

@@ -64,6 +64,7 @@ class VideoFolder(TextVideoDataset):
     def _csv_captions(self, paths: list[str], stems: list[str]) -> dict[str, str]:
         csv = Path(self.captions_csv)
         csv = csv if csv.is_absolute() else self.root / csv
+        self.metadata_file = csv
         table = read_table(csv, {"caption"}, "VideoFolder")
         if "path" in table.columns:
             known = set(paths)

@@ -3,16 +3,24 @@
 Split lists live in ``high-quality/structured-symlinks/``:
 
 ========  ============================  ========================================
-cut       train                         val / test
+cut       train                         test (and val)
 ========  ============================  ========================================
 jsfusion  ``train_list_jsfusion.txt``   ``val_list_jsfusion.txt`` (1k-A), caption
                                         chosen by ``jsfusion_val_caption_idx.pkl``
 miech     ``train_list_miech.txt``      ``test_list_miech.txt``, first caption
-full      ``train_list_full.txt``       ``val_list_full.txt`` / ``test_list_full.txt``,
-                                        every caption (multi-caption items)
+full      ``train_list_full.txt``       ``test_list_full.txt`` (val:
+                                        ``val_list_full.txt``), every caption
+                                        (multi-caption items)
 ========  ============================  ========================================
 
 Training draws one of a video's captions at random.
+
+Validation that selects a checkpoint must not see the test set, and the jsfusion and miech
+cuts have no validation list (``val_list_jsfusion.txt`` *is* the 1k-A test set; the paper
+and the original code selected on it). ``holdout: N`` carves N videos (or a fraction) out
+of the cut's train list: ``split: train`` then leaves them out and ``split: val`` reads
+them (first caption each). Give both datasets the same ``holdout``. The carve depends on
+the ids alone (the N with the smallest CRC-32), not on the list's order or any seed.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import zlib
 from pathlib import Path
 from typing import Optional, Union
 
@@ -40,6 +49,14 @@ def split_list_name(cut: str, split: str) -> str:
     if cut == "miech":
         return "train_list_miech.txt" if split == "train" else "test_list_miech.txt"
     return f"{split}_list_full.txt"
+
+
+def held_out_ids(ids: list[str], holdout: Union[int, float]) -> set[str]:
+    """The `holdout` ids (a count, or a fraction of `ids`) with the smallest CRC-32: fixed by the ids alone."""
+    count = holdout if isinstance(holdout, int) else max(1, round(len(ids) * holdout))
+    if count >= len(ids):
+        raise ValueError(f"holdout {holdout} would leave no training video out of {len(ids)}; hold out fewer")
+    return set(sorted(ids, key=lambda i: (zlib.crc32(i.encode("utf-8")), i))[:count])
 
 
 def read_id_list(path: Path) -> list[str]:
@@ -69,9 +86,12 @@ def read_annotations(path: Path) -> pd.Series:
     """Captions per video id, in file order (the order the caption index refers to)."""
     if not path.is_file():
         raise FileNotFoundError(f"MSR-VTT annotation file '{path}' not found")
-    with open(path) as handle:
-        data = json.load(handle)
-    if "annotations" not in data:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"'{path}' is not valid JSON ({err}); replace it with a clean copy") from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"'{path}' has no 'annotations' list")
     table = pd.DataFrame(data["annotations"])
     missing = {"image_id", "caption"} - set(table.columns)
@@ -95,11 +115,22 @@ class MSRVTT(TextVideoDataset):
         cut: str = "jsfusion",
         split: str = "train",
         multi_caption: Optional[bool] = None,
+        holdout: Union[int, float, None] = None,
         **kwargs,
     ):
         if cut not in CUTS:
             raise ValueError(f"MSR-VTT cut must be one of {CUTS}, got {cut!r}")
+        valid_count = isinstance(holdout, int) and not isinstance(holdout, bool) and holdout >= 1
+        if holdout is not None and not valid_count and not (isinstance(holdout, float) and 0 < holdout < 1):
+            raise ValueError(f"holdout must be a count of videos >= 1 or a fraction in (0, 1), got {holdout!r}")
+        if split == "val" and holdout is None and cut != "full":
+            raise ValueError(
+                f"MSR-VTT's {cut} cut has no validation list ({split_list_name(cut, 'test')} is the test set): "
+                "set holdout (e.g. holdout: 1000) on both the train and the val dataset to validate on videos "
+                "carved from the train list, or use split: test to evaluate without selecting on it"
+            )
         self.cut = cut
+        self.holdout = holdout
         self._multi = multi_caption
         super().__init__(root, split=split, **kwargs)
 
@@ -107,17 +138,20 @@ class MSRVTT(TextVideoDataset):
         self.multi_caption = (
             self._multi if self._multi is not None else self.cut == "full" and self.split != "train"
         )
-        captions = read_annotations(self.root / ANNOTATION)
-        list_path = self.root / SPLIT_DIR / split_list_name(self.cut, self.split)
+        self.metadata_file = self.root / ANNOTATION
+        captions = read_annotations(self.metadata_file)
+        carved = self.holdout is not None and self.split in ("train", "val")
+        list_path = self.root / SPLIT_DIR / split_list_name(self.cut, "train" if carved else self.split)
         ids = read_id_list(list_path)
+        if carved:
+            held = held_out_ids(ids, self.holdout)
+            ids = [i for i in ids if (i in held) == (self.split == "val")]
         unknown = [i for i in ids if i not in captions.index]
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} id(s) of '{list_path}' have no captions in "
-                f"'{self.root / ANNOTATION}' (first: {unknown[:3]})"
-            )
+        self._reject(f"video id(s) of '{list_path}' without an annotation", unknown,
+                     "Add their captions to the annotation file or remove them from the list")
+        ids = [i for i in ids if i in captions.index]
         chosen = [list(captions[i]) for i in ids]
-        if self.cut == "jsfusion" and self.split != "train" and not self.multi_caption:
+        if self.cut == "jsfusion" and self.split == "test" and not self.multi_caption:
             index_path = self.root / SPLIT_DIR / "jsfusion_val_caption_idx.pkl"
             if not index_path.is_file():
                 raise FileNotFoundError(f"MSR-VTT jsfusion caption index '{index_path}' not found")

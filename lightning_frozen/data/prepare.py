@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,11 @@ class PrepareSummary:
     copied: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """What `lightning-frozen prepare` exits with: 1 when any file failed."""
+        return 1 if self.failed else 0
 
     def __str__(self) -> str:
         text = (
@@ -256,8 +262,11 @@ def main(argv: Optional[Sequence[str]] = None) -> PrepareSummary:
         progress=not args.quiet,
     )
     print(summary)
+    if summary.failed:
+        print(f"lightning-frozen prepare: {len(summary.failed)} file(s) failed and are missing from the mirror "
+              f"(listed above and in {Path(args.dst) / REPORT}); fix or remove them and run again", file=sys.stderr)
     return summary
 
 
 if __name__ == "__main__":
-    raise SystemExit(1 if main().failed else 0)
+    raise SystemExit(main().exit_code)

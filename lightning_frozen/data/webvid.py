@@ -59,8 +59,11 @@ class WebVid(TextVideoDataset):
             "pass metadata_csv=<path> or check cut/split",
         )
 
+    caption_field = "name"
+
     def _load_metadata(self) -> pd.DataFrame:
-        table = read_table(self._metadata_path(), {"videoid", "page_dir", "name"}, "WebVid")
+        self.metadata_file = self._metadata_path()
+        table = read_table(self.metadata_file, {"videoid", "page_dir", "name"}, "WebVid")
         captions = table["name"].map(
             lambda c: [cut_caption(c, self.max_caption_words, self.max_caption_chars)]
         )

@@ -7,8 +7,9 @@ with an error that says how to point at a local directory instead.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 from torch import Tensor, nn
 
@@ -62,10 +63,31 @@ def pretrained_text_weights(name_or_path: str, overrides: dict[str, Any] | None 
 
     name_or_path = resolve_name_or_path(name_or_path)
     try:
-        model = transformers.AutoModel.from_pretrained(name_or_path, **(overrides or {}))
+        with _quiet_transformers():
+            model = transformers.AutoModel.from_pretrained(name_or_path, **(overrides or {}))
     except OSError as err:
         raise OSError(offline_hint(name_or_path, "pretrained weights")) from err
     return _without_pooler(model).state_dict()
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bar and no LOAD REPORT while reading weights.
+
+    The report lists the layers that ``config_overrides`` cut away as "unexpected"; the
+    caller loads the result strictly, so a real mismatch still fails, by name.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def transformer_layers(text_model: nn.Module) -> nn.ModuleList:
