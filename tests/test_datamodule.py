@@ -237,6 +237,13 @@ def test_mismatched_lengths_and_missing_data_errors():
                          tokenizer=TOKENIZER_DIR)
     with pytest.raises(ValueError, match="max_length"):
         FrozenDataModule(padding="max_length", tokenizer=TOKENIZER_DIR)
+    with pytest.raises(ValueError, match=r"train_batch_sizes\[1\] must be a positive batch size; got 0"):
+        FrozenDataModule(train_datasets=[TinyVideoDataset(), TinyImageDataset()], train_batch_sizes=[4, 0],
+                         tokenizer=TOKENIZER_DIR)
+    with pytest.raises(ValueError, match="eval_batch_size must be a positive batch size; got -1"):
+        FrozenDataModule(eval_batch_size=-1, tokenizer=TOKENIZER_DIR)
+    with pytest.raises(ValueError, match="num_frames must be >= 1 .*got 0"):
+        FrozenDataModule(num_frames=0, tokenizer=TOKENIZER_DIR)
     dm = FrozenDataModule(train_datasets=[TinyVideoDataset()], tokenizer=TOKENIZER_DIR)
     with pytest.raises(ValueError, match="val_datasets"):
         dm.val_dataloader()
