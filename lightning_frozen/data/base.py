@@ -141,6 +141,11 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         """Return a DataFrame with ``id``, ``path`` (relative to root) and ``captions``."""
         raise NotImplementedError
 
+    def under_root(self, path: Union[str, os.PathLike]) -> Path:
+        """A metadata file named in a config: as given when absolute, else relative to ``root``."""
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
     # --- metadata checks ------------------------------------------------------------
     def _reject(self, problem: str, offenders: list[str], fix: str) -> None:
         """Strict: one error naming the metadata file and the offenders. Lax: count them and warn once."""

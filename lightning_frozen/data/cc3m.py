@@ -53,8 +53,7 @@ class ConceptualCaptions3M(TextVideoDataset):
 
     def _load_metadata(self) -> pd.DataFrame:
         if self.metadata_csv is not None:
-            path = Path(self.metadata_csv)
-            path = path if path.is_absolute() else self.root / path
+            path = self.under_root(self.metadata_csv)
         else:
             name = METADATA_NAMES["train" if self.split == "train" else "val"]
             path = find_file(

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence
 
 import pandas as pd
 
 from .base import TextVideoDataset, read_table
+from .video import PathLike
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg")
 
@@ -36,8 +37,8 @@ class VideoFolder(TextVideoDataset):
 
     def __init__(
         self,
-        root: Union[str, os.PathLike],
-        captions_csv: Union[str, os.PathLike, None] = None,
+        root: PathLike,
+        captions_csv: Optional[PathLike] = None,
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
         split: str = "test",
         **kwargs,
@@ -62,8 +63,7 @@ class VideoFolder(TextVideoDataset):
         )
 
     def _csv_captions(self, paths: list[str], stems: list[str]) -> dict[str, str]:
-        csv = Path(self.captions_csv)
-        csv = csv if csv.is_absolute() else self.root / csv
+        csv = self.under_root(self.captions_csv)
         self.metadata_file = csv
         table = read_table(csv, {"caption"}, "VideoFolder")
         if "path" in table.columns:

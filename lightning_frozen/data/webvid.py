@@ -7,13 +7,13 @@ WebVid has no test split: "test" reads the val CSV.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import pandas as pd
 
 from .base import TextVideoDataset, find_file, read_table
+from .video import PathLike
 
 
 def cut_caption(caption: str, max_words: Optional[int], max_chars: Optional[int]) -> str:
@@ -33,8 +33,8 @@ class WebVid(TextVideoDataset):
 
     def __init__(
         self,
-        root: Union[str, os.PathLike],
-        metadata_csv: Union[str, os.PathLike, None] = None,
+        root: PathLike,
+        metadata_csv: Optional[PathLike] = None,
         cut: str = "2M",
         split: str = "train",
         max_caption_words: Optional[int] = 64,
@@ -49,8 +49,7 @@ class WebVid(TextVideoDataset):
 
     def _metadata_path(self) -> Path:
         if self.metadata_csv is not None:
-            path = Path(self.metadata_csv)
-            return path if path.is_absolute() else self.root / path
+            return self.under_root(self.metadata_csv)
         split = "val" if self.split == "test" else self.split
         name = f"results_{self.cut}_{split}.csv"
         return find_file(
