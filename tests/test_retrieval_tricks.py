@@ -3,6 +3,7 @@ each against an independent computation."""
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_frozen.data import MSRVTT, read_frames
 from lightning_frozen.data.multiclip import MultiClip
@@ -63,5 +64,10 @@ def test_multiclip_reads_each_video_at_every_offset_of_its_intervals(tiny_msrvtt
     path = tiny_msrvtt / item["meta"]["path"]
     torch.testing.assert_close(item["video"], read_frames(path, 8, "uniform", size=32)[[2, 6]])
     assert dataset.fix_start is None
+    # a DataLoader (batched fetches) reads the same offsets
+    batch = next(iter(DataLoader(clips, batch_size=4, collate_fn=list)))
+    for direct, loaded in zip((clips[i] for i in range(4)), batch):
+        torch.testing.assert_close(loaded["video"], direct["video"])
+    assert not torch.equal(batch[0]["video"], batch[1]["video"])  # offsets 0 and 2 of one video differ
     dataset.set_num_frames(4)  # 4 intervals of 2 frames: offset 0 only
     assert len(clips) == len(dataset)

@@ -73,6 +73,11 @@ class MultiClip(Subset):
     def __len__(self) -> int:
         return len(self.pairs())
 
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # A DataLoader fetches a batch through ``Subset.__getitems__``, which would read the
+        # wrapped dataset directly and lose the offsets.
+        return [self[i] for i in indices]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         video, offset = self.pairs()[index]
         kept = self.dataset.fix_start
