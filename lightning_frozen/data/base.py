@@ -5,10 +5,8 @@ A subclass only says where its metadata is (``_load_metadata`` returns a DataFra
 class handles frame sampling, caption choice, subsampling, the per-epoch cap and
 strict/lax handling of broken files.
 
-Skip counting across DataLoader workers: the count lives in a small shared-memory int64
-tensor created in ``__init__`` with one slot per worker (slot 0 is the main process), so
-forked or spawned workers all add to the same memory without locks, and
-``num_skipped`` (read in the main process) sums the slots.
+Skip counting across DataLoader workers: ``SharedSkipCount`` (shared with the streaming
+datasets), a small shared-memory tensor with one slot per worker that ``num_skipped`` sums.
 """
 
 from __future__ import annotations
@@ -53,7 +51,35 @@ class SharedFrameCount:
         self._num_frames[0] = int(num_frames)
 
 
-class TextVideoDataset(SharedFrameCount, Dataset):
+class SharedSkipCount:
+    """Lax loading's count of skipped samples, one shared-memory slot per DataLoader worker (slot 0:
+    the main process), so forked or spawned workers add to it without locks."""
+
+    def _share_skips(self) -> None:
+        self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()  # before any worker starts
+
+    @property
+    def num_skipped(self) -> int:
+        """Samples skipped as unreadable (lax loading) since the last reset, all workers."""
+        return int(self._skips.sum())
+
+    def reset_skipped(self) -> None:
+        """Zero the skip counter (the DataModule does at each epoch start)."""
+        self._skips.zero_()
+
+    def _count_skip(self) -> None:
+        info = get_worker_info()
+        self._skips[0 if info is None else 1 + info.id % (_SKIP_SLOTS - 1)] += 1
+
+
+def pick_caption(captions: list[str], train: bool, generator: torch.Generator) -> str:
+    """One caption per item: drawn with the item's generator in training, the first otherwise."""
+    if train and len(captions) > 1:
+        return captions[int(torch.randint(len(captions), (1,), generator=generator))]
+    return captions[0]
+
+
+class TextVideoDataset(SharedFrameCount, SharedSkipCount, Dataset):
     """Base class: items are ``{"video", "text", "meta"}`` dicts (see ``__getitem__``).
 
     ``num_frames`` may be changed between epochs (the frame curriculum does, through
@@ -130,7 +156,7 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         # dataset across epochs, and must still see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._epoch_order: Optional[tuple[int, np.ndarray]] = None  # (epoch, order), per process
-        self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
+        self._share_skips()
 
     # --- subclass hooks -------------------------------------------------------------
     # Where the captions come from, for error messages (subclasses set them in _load_metadata).
@@ -191,21 +217,6 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         """Draw a new ``max_samples`` subset for this epoch (call before the loader starts)."""
         self._epoch[0] = int(epoch)
 
-    # --- skip counter -----------------------------------------------------------------
-    @property
-    def num_skipped(self) -> int:
-        """Samples skipped as unreadable (lax loading) since the last reset, all workers."""
-        return int(self._skips.sum())
-
-    def reset_skipped(self) -> None:
-        """Zero the skip counter (the DataModule does at each epoch start)."""
-        self._skips.zero_()
-
-    def _count_skip(self) -> None:
-        info = get_worker_info()
-        slot = 0 if info is None else 1 + info.id % (_SKIP_SLOTS - 1)
-        self._skips[slot] += 1
-
     # --- indexing ---------------------------------------------------------------------
     def _subsample(self, records: pd.DataFrame, subsample: Union[float, int, None]) -> pd.DataFrame:
         if subsample is None:
@@ -240,9 +251,7 @@ class TextVideoDataset(SharedFrameCount, Dataset):
         if self.multi_caption:
             width = self.max_captions
             return list(captions) + [""] * (width - len(captions))
-        if self.split == "train" and len(captions) > 1:
-            return captions[int(torch.randint(len(captions), (1,), generator=generator))]
-        return captions[0]
+        return pick_caption(captions, self.split == "train", generator)
 
     @property
     def num_captions(self) -> int:

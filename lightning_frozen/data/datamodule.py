@@ -227,7 +227,6 @@ class FrozenDataModule(pl.LightningDataModule):
         # Frames per clip as a function of the epoch; the frame curriculum installs one.
         self.frame_schedule: Optional[Callable[[int], int]] = None
         self._loader_epochs: Dict[Tuple[str, int], Any] = {}
-        self._samplers: Dict[int, EpochShuffleSampler] = {}
 
     # ----------------------------------------------------------------- setup
     @property
@@ -268,41 +267,26 @@ class FrozenDataModule(pl.LightningDataModule):
     def _loader(self, stage: str, index: int, batch_size: int) -> DataLoader:
         train = stage == "train"
         dataset = self.datasets[stage][index]
+        common: Dict[str, Any] = dict(
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
+            on_start=functools.partial(self._on_loader_start, stage, index),
+        )
         if is_streaming(dataset):
-            return self._streaming_loader(stage, index, batch_size)
+            # LitData's loader for shards: it splits over ranks and workers and resumes mid-epoch
+            return streaming_loader(dataset, train=train, **common)
         return _EpochStartDataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=self._train_sampler(index) if train else None,
+            # the training order: a function of (run seed, dataset seed, epoch) alone
+            sampler=EpochShuffleSampler(dataset, seed=_dataset_seed(dataset), stream=index) if train else None,
             drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
             generator=run_generator(_dataset_seed(dataset), index),  # worker seeds never draw on the global RNG
-            on_start=functools.partial(self._on_loader_start, stage, index),
             epoch_done=self._train_epoch_done if train else None,
+            **common,
         )
-
-    def _streaming_loader(self, stage: str, index: int, batch_size: int) -> DataLoader:
-        """LitData's loader for a LitData dataset (shards): it splits over ranks and workers and resumes mid-epoch."""
-        return streaming_loader(
-            self.datasets[stage][index],
-            batch_size=batch_size,
-            train=stage == "train",
-            on_start=functools.partial(self._on_loader_start, stage, index),
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
-        )
-
-    def _train_sampler(self, index: int) -> EpochShuffleSampler:
-        """The training order of dataset `index`: a function of (run seed, dataset seed, epoch) alone."""
-        dataset = self.datasets["train"][index]
-        sampler = EpochShuffleSampler(dataset, seed=_dataset_seed(dataset), stream=index)
-        self._samplers[index] = sampler
-        return sampler
 
     def _loaders(self, stage: str, arg: str) -> List[DataLoader]:
         if not self.datasets[stage]:
@@ -397,8 +381,6 @@ class FrozenDataModule(pl.LightningDataModule):
             _call_each(dataset, "set_num_frames", self.frame_schedule(key[0]))
         if train_epoch is not None:
             _call_each(dataset, "set_epoch", train_epoch)
-            if index in self._samplers:
-                self._samplers[index].set_epoch(train_epoch)
         return train_epoch
 
 

@@ -37,17 +37,15 @@ from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
 from litdata.utilities.env import _DistributedEnv
 from pytorch_lightning.utilities import rank_zero_info
-from torch.utils.data import get_worker_info
 
-from .base import Loading, SharedFrameCount, first_readable, sample_generator
+from .base import Loading, SharedFrameCount, SharedSkipCount, first_readable, pick_caption, sample_generator
 from .video import decode_frames, decode_image
 
 __all__ = ["StreamingImageText", "StreamingLoader", "StreamingVideoText"]
 
-_SKIP_SLOTS = 256
 
 
-class _StreamingTextMedia(StreamingDataset):
+class _StreamingTextMedia(SharedSkipCount, StreamingDataset):
     """What both streaming datasets share; subclasses say how ``media`` bytes decode."""
 
     dataset_name = "stream"
@@ -90,7 +88,7 @@ class _StreamingTextMedia(StreamingDataset):
         self.max_replace_attempts = max_replace_attempts
         if name is not None:
             self.dataset_name = name
-        self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
+        self._share_skips()
 
     # --- what subclasses define --------------------------------------------------------
     def _decode(self, media: Any, name: str, generator: torch.Generator) -> torch.Tensor:
@@ -107,15 +105,6 @@ class _StreamingTextMedia(StreamingDataset):
         if env != self.distributed_env:
             self.distributed_env = env
             self.shuffler = None  # per-rank lengths change with the world size
-
-    # --- lax loading ------------------------------------------------------------------
-    @property
-    def num_skipped(self) -> int:
-        """Samples replaced as undecodable since the last reset, all workers."""
-        return int(self._skips.sum())
-
-    def reset_skipped(self) -> None:
-        self._skips.zero_()
 
     # --- items ------------------------------------------------------------------------
     def __getitem__(self, index: Union[ChunkedIndex, int]) -> dict[str, Any]:
@@ -166,16 +155,9 @@ class _StreamingTextMedia(StreamingDataset):
                 f"{sample.get('kind')!r} samples, not {self.kind!r}; read them with {other}"
             )
 
-    def _count_skip(self) -> None:
-        worker = get_worker_info()
-        self._skips[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
-
     def _item(self, media: torch.Tensor, sample: dict, position: int, generator: torch.Generator) -> dict[str, Any]:
         captions = json.loads(sample["captions"])
-        if self.split == "train" and len(captions) > 1:
-            text = captions[int(torch.randint(len(captions), (1,), generator=generator))]
-        else:
-            text = captions[0]
+        text = pick_caption(captions, self.split == "train", generator)
         meta = {"id": sample["id"], "path": sample["path"], "dataset": self.dataset_name, "index": position}
         return {"video": media, "text": text, "meta": meta}
 
