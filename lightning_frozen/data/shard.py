@@ -47,7 +47,7 @@ from .cc3m import ConceptualCaptions3M
 from .folder import VideoFolder
 from .msrvtt import MSRVTT
 from .prepare import prepare_videos
-from .video import VideoReadError, read_image
+from .video import VideoReadError, check_file, pyav_cause, read_image
 from .webvid import WebVid
 
 LAYOUTS = {"webvid": WebVid, "cc3m": ConceptualCaptions3M, "msrvtt": MSRVTT, "folder": VideoFolder}
@@ -114,17 +114,13 @@ def verify_media(path: Path, image: bool) -> Optional[str]:
     except VideoReadError as error:
         return error.cause or str(error)
     except Exception as error:  # PyAV raises av.error.* (OSError) for damaged streams; strerror omits the path
-        reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or ["no details"])[0]
-        return f"{type(error).__name__}: {reason}"
+        return pyav_cause(error)
 
 
 def _verify_video(path: Path) -> Optional[str]:
     import av
 
-    if not path.is_file():
-        return "file does not exist"
-    if path.stat().st_size == 0:
-        return "file is empty (0 bytes)"
+    check_file(path, str(path))  # missing, not a file, empty: a VideoReadError with the cause
     with av.open(str(path)) as container:
         if not container.streams.video:
             return "no video stream"

@@ -85,7 +85,7 @@ def scaled_size(height: int, width: int, size: int) -> tuple[int, int]:
     return max(size, round(height * size / width)), size
 
 
-def _check_file(path: Path, shown: str) -> None:
+def check_file(path: Path, shown: str) -> None:
     if not path.exists():
         raise VideoReadError(shown, "file does not exist")
     if not path.is_file():
@@ -155,7 +155,7 @@ def read_chosen_frames(
     _check_backend(backend)
     path = Path(path)
     shown = _shown_path(path, root)
-    _check_file(path, shown)
+    check_file(path, shown)
     return _decode_chosen(str(path), shown, choose, size, num_threads, backend)
 
 
@@ -208,7 +208,7 @@ def _decode_chosen(media: Media, shown: str, choose: Callable[[int], list[int]],
         try:
             frames = decode_sampled_frames(media, remember, num_threads)
         except Exception as error:  # PyAV raises av.error.* (OSError subclasses)
-            raise VideoReadError(shown, _pyav_cause(error)) from error
+            raise VideoReadError(shown, pyav_cause(error)) from error
     if frames is None:
         frames = _read_frames_decord(media, shown, remember, num_threads, size)
     if frames.ndim != 4 or frames.shape[0] != len(chosen) or frames.shape[-1] != 3:
@@ -297,7 +297,7 @@ def read_image(
     """
     path = Path(path)
     shown = _shown_path(path, root)
-    _check_file(path, shown)
+    check_file(path, shown)
     return _decode_image(path, shown, size)
 
 
@@ -323,7 +323,7 @@ def _decode_image(source: Union[Path, BinaryIO], shown: str, size: Optional[int]
     return _square(array[None], size)
 
 
-def _pyav_cause(error: BaseException) -> str:
+def pyav_cause(error: BaseException) -> str:
     reason = getattr(error, "strerror", None)
     return f"{type(error).__name__}: {reason or _first_line(error)}"
 

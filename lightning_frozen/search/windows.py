@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..data.video import VideoReadError, read_chosen_frames, sample_frame_indices
+from ..data.video import VideoReadError, check_file, pyav_cause, read_chosen_frames, sample_frame_indices
 from .store import EmbeddingSettings, VideoRecord
 
 # Browsers play these codecs in MP4/WebM containers; anything else gets a transcode or a download link.
@@ -92,13 +92,11 @@ def decode_video(root: Path, relative: str, settings: EmbeddingSettings) -> Deco
     try:
         if not path.resolve().is_relative_to(root.resolve()):
             raise VideoReadError(relative, "a link that leaves the indexed folder")
-        if record.size == 0:
-            raise VideoReadError(relative, "file is empty (0 bytes)")
+        check_file(path, relative)
         try:
             record.fps, record.codec = probe(path)
         except Exception as error:  # PyAV raises av.error.* for files it cannot open
-            reason = getattr(error, "strerror", None) or str(error).splitlines()[0]  # never the absolute path
-            raise VideoReadError(relative, f"{type(error).__name__}: {reason}") from error
+            raise VideoReadError(relative, pyav_cause(error)) from error  # the cause, never the absolute path
         spans: list[tuple[int, int]] = []
 
         def choose(count: int) -> list[int]:
