@@ -22,6 +22,7 @@ from typing import Union
 
 import numpy as np
 
+from ..atomic import write_atomically
 from . import store
 
 PathLike = Union[str, os.PathLike]
@@ -46,10 +47,6 @@ class AnnIndex:
     video_ids: np.ndarray      # [N] int64
     kind: str                  # "flat" or "ivf"
     generation: int
-
-    @property
-    def exact(self) -> bool:
-        return self.kind == "flat"
 
 
 def make_faiss_index(vectors: np.ndarray, approximate_above: int = APPROXIMATE_ABOVE, seed: int = 0):
@@ -80,15 +77,13 @@ def rebuild(folder: PathLike, db: sqlite3.Connection, dim: int, approximate_abov
     built_from = store.generation(db)
     window_ids, video_ids, vectors = store.load_embeddings(db, dim)
     index, kind = make_faiss_index(vectors, approximate_above)
-    faiss.write_index(index, str(folder / "faiss.index.tmp"))
-    os.replace(folder / "faiss.index.tmp", folder / "faiss.index")
+    # Each file whole or not at all, the stamp last: a reader never sees a stamp over a half-written index.
+    write_atomically(folder / "faiss.index",
+                     lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
     for name, array in (("vectors", vectors), ("window_ids", window_ids), ("video_ids", video_ids)):
-        with open(folder / f"{name}.npy.tmp", "wb") as handle:
-            np.save(handle, array)
-        os.replace(folder / f"{name}.npy.tmp", folder / f"{name}.npy")
+        write_atomically(folder / f"{name}.npy", lambda handle, array=array: np.save(handle, array))
     stamp = {"generation": built_from, "kind": kind, "count": int(len(vectors)), "nprobe": getattr(index, "nprobe", 0)}
-    (folder / f"{STAMP}.tmp").write_text(json.dumps(stamp))
-    os.replace(folder / f"{STAMP}.tmp", folder / STAMP)
+    write_atomically(folder / STAMP, lambda handle: handle.write(json.dumps(stamp).encode()))
     return AnnIndex(index, vectors, window_ids, video_ids, kind, built_from)
 
 

@@ -33,8 +33,7 @@ class WindowEmbedder(pl.LightningModule):
         self.batch_size = batch_size
 
     def predict_step(self, video: DecodedVideo, batch_idx: int) -> VideoRecord:
-        if video.clips is not None:
-            self.encoder.transform = self.encoder.transform.to(self.device)
+        if video.clips is not None:  # the transform holds no tensors: it works on the clips' device
             video.record.embeddings = self.encoder.encode_clips(video.clips.to(self.device), self.batch_size)
         return video.record
 
@@ -46,19 +45,21 @@ class PartWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.parts = parts
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        folder = self.parts / f"rank{trainer.global_rank}"
+        folder.mkdir(exist_ok=True)
+        self._db = store.connect(folder)  # one connection per rank, for all its commits
+
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: VideoRecord,
                            batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
-        folder = self.parts / f"rank{trainer.global_rank}"
-        folder.mkdir(exist_ok=True)
-        db = store.connect(folder)
-        try:
-            store.commit_videos(db, [prediction])
-        finally:
-            db.close()
+        store.commit_videos(self._db, [prediction])
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._db.close()
 
 
-def read_records(part: Path, dim: int) -> dict[str, VideoRecord]:
+def read_records(part: Path) -> dict[str, VideoRecord]:
     """path -> record (windows, embeddings, thumbnails) of one part."""
     db = store.connect(part)
     try:
@@ -90,7 +91,7 @@ def embed_with_trainer(root: Path, pending: list[str], settings: EmbeddingSettin
     merged: dict[str, VideoRecord] = {}
     for part in sorted(parts.iterdir()):
         if part.is_dir():
-            merged.update(read_records(part, encoder.embedding_dim))
+            merged.update(read_records(part))
     missing = [p for p in pending if p not in merged]
     if missing:
         raise RuntimeError(f"{len(missing)} video(s) came back from no rank (first: {missing[0]}); re-run to retry")

@@ -194,10 +194,12 @@ class Index:
         video_scores = reduce(scores, self._video_start)
         if aggregate == "mean":
             video_scores = video_scores / np.diff(np.r_[self._video_start, len(scores)])
-        best_window = np.array([s + int(np.argmax(scores[s:e])) for s, e in
-                                zip(self._video_start, np.r_[self._video_start[1:], len(scores)])])
         order = np.lexsort((np.arange(len(video_scores)), -video_scores))[:k]
-        return best_window[order], video_scores[order]
+        ends = np.r_[self._video_start[1:], len(scores)]
+        # the best window of the k videos shown only, not of every video in the index
+        best_window = np.array([self._video_start[v] + int(np.argmax(scores[self._video_start[v]:ends[v]]))
+                                for v in order], dtype=np.int64)
+        return best_window, video_scores[order]
 
 
 def format_hits(hits: list[Hit]) -> str:

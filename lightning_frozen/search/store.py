@@ -16,6 +16,8 @@ from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 
+from ..atomic import write_atomically
+
 PathLike = Union[str, os.PathLike]
 DATABASE = "index.sqlite"
 MANIFEST = "manifest.json"
@@ -90,10 +92,7 @@ class Manifest:
         return cls(**data)
 
     def write(self, folder: PathLike) -> None:
-        target = Path(folder) / MANIFEST
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, target)
+        write_atomically(Path(folder) / MANIFEST, lambda handle: handle.write(self.to_json().encode()))
 
     def check_same(self, other: "Manifest", where: PathLike) -> None:
         """Refuse to mix embeddings of different models or settings, naming both."""
