@@ -313,9 +313,13 @@ class FrozenModule(pl.LightningModule):
 
 
 def _evaluation_totals(trainer: Any, prefix: str) -> tuple[int, int]:
-    """(videos, captions) of the evaluation datasets that a full pass would score."""
+    """(videos, captions) of the evaluation datasets that a full pass would score.
+
+    A dataset of several items per video (``MultiClip``) says how many videos it holds (``num_videos``).
+    """
     datasets = getattr(getattr(trainer, "datamodule", None), "datasets", {}).get(prefix, [])
-    return sum(len(d) for d in datasets), sum(int(getattr(d, "num_captions", len(d))) for d in datasets)
+    return (sum(int(getattr(d, "num_videos", len(d))) for d in datasets),
+            sum(int(getattr(d, "num_captions", len(d))) for d in datasets))
 
 
 def check_data_fits_model(module: FrozenModule, datamodule: Any) -> None:

@@ -59,6 +59,8 @@ def test_multiclip_reads_each_video_at_every_offset_of_its_intervals(tiny_msrvtt
     clips = MultiClip(dataset, stride=2)
     # 8-frame videos, 2 intervals of 4 frames: offsets 0 and 2
     assert len(clips) == 2 * len(dataset) and clips.indices[:4] == [0, 0, 1, 1]
+    # evaluation totals count videos and captions, not clips
+    assert (clips.num_videos, clips.num_captions) == (len(dataset), dataset.num_captions)
     item = clips[3]
     assert item["meta"]["index"] == 1
     path = tiny_msrvtt / item["meta"]["path"]

@@ -73,6 +73,15 @@ class MultiClip(Subset):
     def __len__(self) -> int:
         return len(self.pairs())
 
+    @property
+    def num_videos(self) -> int:
+        """Videos scored (a video's clips count once: the metric keeps one row per video)."""
+        return len(self.dataset)
+
+    @property
+    def num_captions(self) -> int:
+        return int(getattr(self.dataset, "num_captions", len(self.dataset)))
+
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         # A DataLoader fetches a batch through ``Subset.__getitems__``, which would read the
         # wrapped dataset directly and lose the offsets.
