@@ -214,7 +214,7 @@ class FrozenModule(pl.LightningModule):
         return {
             "ids": list(meta["id"]),
             "paths": list(meta["path"]),
-            "index": [int(i) for i in meta.get("index", range(len(meta["id"])))],
+            "index": [int(i) for i in meta["index"]],
             "skipped": [path for paths in meta.get("skipped", []) if paths for path in paths],
             "video": nn.functional.normalize(video_emb.float(), dim=-1).cpu(),
             "text": nn.functional.normalize(text_emb.float(), dim=-1).cpu(),

@@ -53,10 +53,7 @@ class FrameCurriculum(pl.Callback):
         self.best_scores: dict[int, float] = {}
         self.best_paths: dict[int, str] = {}
         self.last_paths: dict[int, str] = {}
-        self._written: set[str] = set()
-        self._restored = False
         self.entered_stage: Optional[int] = None  # the stage whose starting weights are in place
-        self.resumed_stage: Optional[int] = None  # set when a run resumes from a checkpoint
 
     # -- stage arithmetic ------------------------------------------------------------------
     @property
@@ -79,28 +76,28 @@ class FrameCurriculum(pl.Callback):
     def _path(self, trainer: pl.Trainer, index: int, kind: str) -> Path:
         return self.stage_folder(trainer) / f"stage{index}-{self.stages[index].frames}f-{kind}.ckpt"
 
-    def _save(self, trainer: pl.Trainer, path: Path, index: int) -> None:
-        """Write a checkpoint without ever overwriting a file this run does not own.
-
-        A run owns what it wrote; a resumed run also owns the files of the stage it resumed
-        into and later ones (they belong to the run it continues, from a later point).
-        """
-        owned = str(path) in self._written or (self.resumed_stage is not None and index >= self.resumed_stage)
-        if path.exists() and not owned:
-            raise FileExistsError(
-                f"{path} exists and was not written by this run; refusing to overwrite it. "
-                "Point FrameCurriculum.dirpath (or the logger's version) at a new directory."
-            )
+    def _save(self, trainer: pl.Trainer, path: Path) -> None:
+        # Another run's stage files were refused when this fit started (on_fit_start): every file
+        # here belongs to this run, or to the run it resumes.
         trainer.save_checkpoint(path, weights_only=False)
-        self._written.add(str(path))
 
     # -- hooks -----------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # Installed before the LightningModule's setup checks the data against the model: the
-        # frame counts that matter are then the stages' (checked in on_fit_start), not the datasets'.
+        if stage != "fit":
+            return
+        model_frames = pl_module.model.video_model.num_frames
+        most = max(s.frames for s in self.stages)
+        if most > model_frames:
+            raise ValueError(f"the curriculum reaches {most} frames but model.video.num_frames is {model_frames}: "
+                             f"set it to {most}")
         datamodule = trainer.datamodule
-        if stage == "fit" and datamodule is not None and hasattr(datamodule, "frame_schedule"):
-            datamodule.frame_schedule = self.frames_at_epoch
+        if datamodule is None or not hasattr(datamodule, "frame_schedule"):
+            raise TypeError("FrameCurriculum needs a DataModule with a frame_schedule (FrozenDataModule)")
+        # The DataModule asks for the frame count whenever a loader starts an epoch: after a resume
+        # has restored the epoch, so a resumed run continues in the right stage. Installed here,
+        # before the LightningModule's setup checks the data against the model: the frame counts
+        # that matter are then the stages' (checked above), not the datasets'.
+        datamodule.frame_schedule = self.frames_at_epoch
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_epochs != self.total_epochs:
@@ -114,23 +111,8 @@ class FrameCurriculum(pl.Callback):
         if trainer.ckpt_path is None:  # a fresh run: find another run's stage files now, not after epoch 0
             names = [self._path(trainer, i, kind).name for i in range(len(self.stages)) for kind in ("best", "last")]
             refuse_used_folder(self.stage_folder(trainer), names)
-        model_frames = pl_module.model.video_model.num_frames
-        most = max(s.frames for s in self.stages)
-        if most > model_frames:
-            raise ValueError(f"the curriculum reaches {most} frames but model.video.num_frames is {model_frames}: "
-                             f"set it to {most}")
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "frame_schedule"):
-            raise TypeError("FrameCurriculum needs a DataModule with a frame_schedule (FrozenDataModule)")
-        # The DataModule asks for the frame count whenever a loader starts an epoch: after a
-        # resume has restored the epoch, so a resumed run continues in the right stage.
-        datamodule.frame_schedule = self.frames_at_epoch
         if self.entered_stage is None:
             self.entered_stage = 0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._restored:
-            self.resumed_stage = self.stage_of_epoch(trainer.current_epoch)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -147,7 +129,7 @@ class FrameCurriculum(pl.Callback):
         if best is None or (score > best if self.mode == "max" else score < best):
             self.best_scores[index] = score
             path = self._path(trainer, index, "best")
-            self._save(trainer, path, index)
+            self._save(trainer, path)
             self.best_paths[index] = str(path)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -156,7 +138,7 @@ class FrameCurriculum(pl.Callback):
             return
         index = self.stage_of_epoch(epoch)
         path = self._path(trainer, index, "last")
-        self._save(trainer, path, index)
+        self._save(trainer, path)
         self.last_paths[index] = str(path)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -178,12 +160,10 @@ class FrameCurriculum(pl.Callback):
     # -- resumable state -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"best_scores": self.best_scores, "best_paths": self.best_paths, "last_paths": self.last_paths,
-                "written": sorted(self._written), "entered_stage": self.entered_stage}
+                "entered_stage": self.entered_stage}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_scores = {int(k): v for k, v in state_dict["best_scores"].items()}
         self.best_paths = {int(k): v for k, v in state_dict["best_paths"].items()}
         self.last_paths = {int(k): v for k, v in state_dict["last_paths"].items()}
-        self._written = set(state_dict.get("written", []))
         self.entered_stage = state_dict.get("entered_stage")
-        self._restored = True
