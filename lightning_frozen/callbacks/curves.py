@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from ..atomic import write_atomically
+from .resume import checkpoint_folders
 
 
 class TrainingCurves(pl.Callback):
@@ -65,13 +65,8 @@ class TrainingCurves(pl.Callback):
 
 def checkpoint_folder(trainer: pl.Trainer) -> Path:
     """Where the run's checkpoints go: the ModelCheckpoint's folder, else the curriculum's, else the log dir."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            return Path(callback.dirpath)
-    for callback in trainer.callbacks:
-        if hasattr(callback, "stage_folder"):
-            return Path(callback.stage_folder(trainer))
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    folders = checkpoint_folders(trainer)
+    return folders[0] if folders else Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def stage_starts(trainer: pl.Trainer) -> list[tuple[int, str]]:

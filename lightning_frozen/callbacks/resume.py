@@ -66,16 +66,23 @@ class ExactResume(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for callback in trainer.checkpoint_callbacks:
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-                if trainer.ckpt_path is None:
-                    refuse_used_folder(Path(callback.dirpath))
-                elif trainer.is_global_zero:
-                    remove_partial_saves(Path(callback.dirpath))
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath and trainer.ckpt_path is None:
+                refuse_used_folder(Path(callback.dirpath))
+        if trainer.ckpt_path is not None and trainer.is_global_zero:
+            for folder in checkpoint_folders(trainer):
+                remove_partial_saves(folder)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
             set_random_states(self._pending)
             self._pending = None
+
+
+def checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
+    """Every folder this run writes checkpoints to: the ModelCheckpoints' and the frame curriculum's."""
+    folders = [Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    folders += [Path(c.stage_folder(trainer)) for c in trainer.callbacks if callable(getattr(c, "stage_folder", None))]
+    return list(dict.fromkeys(folders))
 
 
 def refuse_used_folder(folder: Path, names: Optional[list[str]] = None) -> None:
