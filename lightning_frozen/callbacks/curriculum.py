@@ -66,6 +66,10 @@ class FrameCurriculum(pl.Callback):
     def frames_at_epoch(self, epoch: int) -> int:
         return self.stages[self.stage_of_epoch(epoch)].frames
 
+    def stage_starts(self) -> list[tuple[int, str]]:
+        """(first epoch, label such as "4f") of each stage."""
+        return [(end - stage.epochs, f"{stage.frames}f") for stage, end in zip(self.stages, self._ends)]
+
     def _is_last_epoch_of_stage(self, epoch: int) -> bool:
         return epoch + 1 in self._ends
 

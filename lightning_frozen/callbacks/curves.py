@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
@@ -72,17 +72,12 @@ def checkpoint_folder(trainer: pl.Trainer) -> Path:
 def stage_starts(trainer: pl.Trainer) -> list[tuple[int, str]]:
     """(first epoch, label) of each frame-curriculum stage; empty without a curriculum."""
     for callback in trainer.callbacks:
-        stages = getattr(callback, "stages", None)
-        if stages and hasattr(callback, "stage_of_epoch"):
-            starts, epoch = [], 0
-            for stage in stages:
-                starts.append((epoch, f"{stage.frames}f"))
-                epoch += stage.epochs
-            return starts
+        if callable(getattr(callback, "stage_starts", None)):
+            return callback.stage_starts()
     return []
 
 
-def plot_curves(history: dict[str, Any], stages: list[tuple[int, str]], title: Optional[str] = None) -> bytes:
+def plot_curves(history: dict[str, Any], stages: list[tuple[int, str]]) -> bytes:
     """The three panels as PNG bytes (matplotlib's Agg backend: no display needed)."""
     from matplotlib.figure import Figure
 
@@ -105,8 +100,6 @@ def plot_curves(history: dict[str, Any], stages: list[tuple[int, str]], title: O
     val_ax.set(title="validation R@1 (%)", xlabel="epoch")
     val_ax.legend(fontsize="small", loc="lower right")
     _mark_stages(stages, history, (loss_ax, lr_ax), val_ax)
-    if title:
-        figure.suptitle(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
