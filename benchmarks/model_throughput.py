@@ -57,7 +57,8 @@ if str(ROOT) not in sys.path:
 
 from lightning_frozen.losses import NormSoftmaxLoss  # noqa: E402
 from lightning_frozen.models import FrozenInTime  # noqa: E402
-from lightning_frozen.models.space_time import PRESETS, SpaceTimeTransformer  # noqa: E402
+from lightning_frozen.models.config import arch_geometry, arch_names  # noqa: E402
+from lightning_frozen.models.space_time import SpaceTimeTransformer  # noqa: E402
 from lightning_frozen.models.space_time_reference import ReferenceTower  # noqa: E402
 
 WHATS = ("tower", "tower-ref", "vit", "dual")
@@ -128,7 +129,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                       "else gpu)")
     what.add_argument("--cells", nargs="+", help="cells WHAT.MODE:BATCH:PRECISION:COMPILE[:ckpt], each its own group")
     g = p.add_argument_group("model")
-    g.add_argument("--arch", default="base_patch16_224", choices=sorted(PRESETS), help="video tower geometry")
+    g.add_argument("--arch", default="base_patch16_224", choices=arch_names(), help="video tower geometry")
     g.add_argument("--depth", type=int, nargs="+", default=None, help="video blocks (several: each cell per depth)")
     g.add_argument("--frames", type=int, default=4)
     g.add_argument("--text", default="distilbert-base-uncased", help="text encoder (random weights; DistilBERT "
@@ -164,7 +165,7 @@ def resolve_device(name: str) -> torch.device:
 
 def video_geometry(args: argparse.Namespace, depth: int) -> dict[str, int]:
     geometry = {"img_size": 32, "patch_size": 16, "embed_dim": 64, "num_heads": 2} if args.quick else \
-        dict(vars(PRESETS[args.arch]))
+        arch_geometry(args.arch)
     geometry["depth"] = depth
     return geometry
 

@@ -17,6 +17,7 @@ from . import ipu  # noqa: F401  registers `accelerator: ipu` and the IPU strate
 from .callbacks import EmbeddingWriter, ExactResume, TrainingCurves
 from .checkpoint_io import SafeCheckpointIO
 from .data.datamodule import FrozenDataModule
+from .models import ModelConfig
 from .module import FrozenModule
 from .quiet import quiet_library_output
 from .safe_load import safe_torch_load
@@ -56,10 +57,12 @@ class FrozenCLI(LightningCLI):
         parser = self._parser(subcommand)
         known = {action.dest for action in parser._actions}
         defaults = {f"model.{key}": value for key, value in hparams.items() if f"model.{key}" in known}
-        for group in ("video", "text"):  # dataclass groups take their fields one by one
-            for field, value in (hparams.get(group) or {}).items():
-                if f"model.{group}.{field}" in known:
-                    defaults[f"model.{group}.{field}"] = value
+        if "video" in hparams:  # dataclass groups take their fields one by one
+            model = ModelConfig.from_checkpoint(checkpoint, Path(path).name).to_dict()
+            for group in ("video", "text"):
+                for field, value in model[group].items():
+                    if f"model.{group}.{field}" in known:
+                        defaults[f"model.{group}.{field}"] = value
         parser.set_defaults(defaults)
         self.parse_arguments(self.parser, self._command_line)
 

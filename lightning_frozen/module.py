@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Literal, Optional, Union
 
 import pytorch_lightning as pl
@@ -17,6 +16,7 @@ from .losses import MaxMarginRankingLoss, NormSoftmaxLoss, global_contrastive_lo
 from .metrics import RetrievalMetrics, format_metrics_table
 from .models import TextConfig, VideoConfig, create_model, load_checkpoint, load_pretrained_towers
 from .models.checkpoint import TemporalFix
+from .models.config import DictConfig
 
 # Parameters without weight decay: norms and biases (1-D) and learned embeddings.
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "temporal_embed", "_embeddings.")
@@ -112,8 +112,8 @@ class FrozenModule(pl.LightningModule):
         # Plain dicts instead of config dataclasses: the file then loads with weights_only=True.
         hparams = checkpoint.get("hyper_parameters", {})
         for key in ("video", "text"):
-            if is_dataclass(hparams.get(key)):
-                hparams[key] = asdict(hparams[key])
+            if isinstance(hparams.get(key), DictConfig):
+                hparams[key] = hparams[key].to_dict()
 
     def setup(self, stage: str) -> None:
         """Check the data against the model before the first step (lengths, frames, shapes)."""

@@ -2,13 +2,15 @@
 from ..safe_load import UnsafePickleError, safe_torch_load
 from ..tokenizer import build_tokenizer, bundled_text_model_path
 from .checkpoint import LoadReport, load_checkpoint
-from .factory import PRESETS, create_model, load_pretrained_towers, model_config
-from .frozen import FrozenInTime, TextConfig, VideoConfig
+from .config import PRESETS, ModelConfig, TextConfig, VideoConfig
+from .factory import create_model, load_pretrained_towers
+from .frozen import FrozenInTime
 from .space_time import SpaceTimeTransformer
 from .text import build_text_model
 
 __all__ = [
-    "PRESETS", "FrozenInTime", "LoadReport", "SpaceTimeTransformer", "TextConfig", "UnsafePickleError", "VideoConfig",
+    "PRESETS", "FrozenInTime", "LoadReport", "ModelConfig", "SpaceTimeTransformer", "TextConfig", "UnsafePickleError",
+    "VideoConfig",
     "build_text_model", "build_tokenizer", "bundled_text_model_path", "create_model", "load_checkpoint",
-    "load_pretrained_towers", "model_config", "safe_torch_load",
+    "load_pretrained_towers", "safe_torch_load",
 ]

@@ -8,51 +8,19 @@ weights are loaded where the config asks for them (``text.pretrained``,
 """
 from __future__ import annotations
 
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 from torch import nn
 
 from .checkpoint import TemporalFix, load_checkpoint, safe_torch_load
-from .frozen import FrozenInTime, TextConfig, VideoConfig, as_config
+from .config import PRESETS, ModelConfig, arch_names
+from .frozen import FrozenInTime
 from .text import pretrained_text_weights
 
-__all__ = ["PRESETS", "create_model", "load_pretrained_towers", "model_config"]
+__all__ = ["PRESETS", "create_model", "load_pretrained_towers"]
 
-# The published geometries (Bain et al. 2021): ViT-B at 224 px, DistilBERT, a 256-d joint space.
-PRESETS: dict[str, dict[str, Any]] = {
-    "stformer_b_16_224": {"video": {"arch": "base_patch16_224", "num_frames": 4},
-                          "text": {"name_or_path": "distilbert-base-uncased"}, "projection_dim": 256},
-    "stformer_b_32_224": {"video": {"arch": "base_patch32_224", "num_frames": 4},
-                          "text": {"name_or_path": "distilbert-base-uncased"}, "projection_dim": 256},
-}
-_TIMM_VIT = {"base_patch16_224": "vit_base_patch16_224", "base_patch32_224": "vit_base_patch32_224"}
-
-ModelConfigLike = Union[str, Mapping[str, Any], None]
-
-
-def model_config(config: ModelConfigLike) -> dict[str, Any]:
-    """``{"video": VideoConfig, "text": TextConfig, "projection_dim": int}`` from a preset name or a
-    mapping with those keys (other keys, such as a checkpoint's optimiser settings, are ignored)."""
-    if isinstance(config, str):
-        if config not in PRESETS:
-            raise ValueError(f"unknown model preset {config!r}; presets: {sorted(PRESETS)}")
-        config = PRESETS[config]
-    config = dict(config or {})
-    projection_dim = int(config.get("projection_dim", 256))
-    if projection_dim < 1:
-        raise ValueError(f"projection_dim must be >= 1, got {projection_dim}")
-    return {"video": as_config(config.get("video"), VideoConfig), "text": as_config(config.get("text"), TextConfig),
-            "projection_dim": projection_dim}
-
-
-def _config_in_checkpoint(checkpoint: Any, name: str) -> dict[str, Any]:
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(hparams, Mapping) or "video" not in hparams:
-        raise ValueError(f"{name} does not record its model config (a published or plain weights file): "
-                         f"pass one, e.g. create_model('stformer_b_16_224', weights='{name}')")
-    return {k: asdict(v) if is_dataclass(v) else v for k, v in hparams.items()}
+ModelConfigLike = Union[str, Mapping[str, Any], ModelConfig, None]
 
 
 def create_model(config: ModelConfigLike = None, weights: Union[str, Path, None] = None,
@@ -60,8 +28,8 @@ def create_model(config: ModelConfigLike = None, weights: Union[str, Path, None]
     """Build a ``FrozenInTime`` from ``config`` and load ``weights`` into it.
 
     Args:
-        config: a preset name (``"stformer_b_16_224"``), or a mapping with ``video``, ``text`` and
-            ``projection_dim``; None takes the config recorded in ``weights`` (this project's ``.ckpt``).
+        config: a preset name (``"stformer_b_16_224"``), a ``ModelConfig``, or a mapping with ``video``,
+            ``text`` and ``projection_dim``; None takes the config recorded in ``weights`` (our ``.ckpt``).
         weights: a published ``.pth.tar``, one of our ``.ckpt`` files, a plain state dict or timm ViT
             weights; the temporal embedding is fitted to the model's frame count by ``temporal_fix``.
         pretrained: without ``weights``, load the towers' pretrained weights where the config asks.
@@ -72,8 +40,9 @@ def create_model(config: ModelConfigLike = None, weights: Union[str, Path, None]
     if config is None:
         if checkpoint is None:
             raise ValueError("create_model needs a config or a weights file that records one")
-        config = _config_in_checkpoint(checkpoint, name)
-    model = FrozenInTime(**model_config(config))
+        config = ModelConfig.from_checkpoint(checkpoint, name)
+    config = ModelConfig.of(config)
+    model = FrozenInTime(config.video, config.text, config.projection_dim)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, temporal_fix, strict, name=name)
     elif pretrained:
@@ -92,12 +61,12 @@ def load_pretrained_towers(model: nn.Module) -> None:
         load_checkpoint(model, _timm_vit_weights(video.arch), name=f"timm {video.arch}")
 
 
-def _timm_vit_weights(arch: Optional[str]) -> dict:
+def _timm_vit_weights(arch: Union[str, None]) -> dict:
     import timm
 
-    name = _TIMM_VIT.get(arch or "")
-    if name is None:
-        raise ValueError(f"video.pretrained needs a published arch ({sorted(_TIMM_VIT)}), got {arch!r}")
+    if arch not in arch_names():
+        raise ValueError(f"video.pretrained needs a published arch ({arch_names()}), got {arch!r}")
+    name = f"vit_{arch}"  # timm's name of the ImageNet ViT of this geometry
     try:
         return timm.create_model(name, pretrained=True).state_dict()
     except Exception as err:  # hub errors come in many types

@@ -4,107 +4,14 @@ The constructor only builds modules; ``lightning_frozen.create_model`` builds an
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Optional, Union
+from typing import Union
 
 from torch import Tensor, nn
 
 from ..similarity import sim_matrix
-from .space_time import PRESETS, SpaceTimeTransformer, TimeInit
+from .config import TextConfig, VideoConfig
+from .space_time import SpaceTimeTransformer
 from .text import build_text_model, transformer_layers
-
-
-@dataclass
-class VideoConfig:
-    """Video tower. `arch` picks a published geometry; any geometry field given overrides it.
-
-    Attributes:
-        arch: published geometry ("base_patch16_224", "base_patch32_224") or null for a custom one.
-        img_size: input height and width in pixels.
-        patch_size: patch side in pixels.
-        embed_dim: token width.
-        depth: number of space-time blocks.
-        num_heads: attention heads per block.
-        num_frames: frames the temporal embedding holds (clips may have fewer).
-        time_init: "zeros" starts time attention as the identity (from image weights); "rand" draws it.
-        pos_init_std: std of the spatial (and, with time_init "rand", temporal) position embeddings
-            at init; ViT's 0.02 suits long runs, a short run from scratch learns position and
-            motion far sooner with about 0.5.
-        drop_rate: dropout after embeddings and in MLPs.
-        attn_drop_rate: attention dropout.
-        drop_path_rate: stochastic depth of the last block (linear from 0).
-        grad_checkpointing: recompute each block in backward to save memory.
-        pretrained: ImageNet ViT weights through timm (needs the hub or its cache), loaded by
-            ``create_model`` when no other weights are given.
-        pretrained_path: a local ViT state dict (timm key names), loaded likewise.
-    """
-
-    arch: Optional[str] = "base_patch16_224"
-    img_size: Optional[int] = None
-    patch_size: Optional[int] = None
-    embed_dim: Optional[int] = None
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
-    num_frames: int = 4
-    time_init: TimeInit = "zeros"
-    pos_init_std: float = 0.02
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    grad_checkpointing: bool = False
-    pretrained: bool = False
-    pretrained_path: Optional[str] = None
-
-    def geometry(self) -> dict[str, int]:
-        if self.arch is not None and self.arch not in PRESETS:
-            raise ValueError(f"video.arch {self.arch!r} is unknown: use one of {sorted(PRESETS)} or null")
-        preset = asdict(PRESETS[self.arch]) if self.arch else {}
-        out = {}
-        for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            if value is None and name not in preset:
-                raise ValueError(f"video.{name} is required when video.arch is null")
-            out[name] = value if value is not None else preset[name]
-        return out
-
-
-@dataclass
-class TextConfig:
-    """Text tower: any Hugging Face encoder by hub id or local directory.
-
-    Attributes:
-        name_or_path: hub id, local directory, or "bundled:all-MiniLM-L6-v2".
-        pretrained: ``create_model`` loads the encoder's weights when no other weights are given
-            (false: its architecture, randomly initialised).
-        config_overrides: Hugging Face config fields to change, e.g. {num_hidden_layers: 3}.
-        pooling: the sentence vector. "first" is the first token, as Frozen-in-Time and its
-            published checkpoints use; "mean" averages the real tokens, as sentence-transformers
-            models such as the bundled MiniLM were trained, so their meaning is there from step one.
-    """
-
-    name_or_path: str = "distilbert-base-uncased"
-    pretrained: bool = True
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-    pooling: Literal["first", "mean"] = "first"
-
-    def __post_init__(self) -> None:
-        if self.pooling not in ("first", "mean"):
-            raise ValueError(f"text.pooling {self.pooling!r} is unknown: use 'first' (published checkpoints) or 'mean'")
-
-
-def as_config(value: Union[dict, Any, None], cls: type) -> Any:
-    """A config dataclass from itself, a dict of its fields (unknown keys fail by name) or None."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(known)}")
-        return cls(**value)
-    raise TypeError(f"expected a dict or {cls.__name__}, got {type(value).__name__}")
 
 
 class FrozenInTime(nn.Module):
@@ -113,8 +20,8 @@ class FrozenInTime(nn.Module):
     def __init__(self, video: Union[VideoConfig, dict, None] = None, text: Union[TextConfig, dict, None] = None,
                  projection_dim: int = 256):
         super().__init__()
-        self.video_config: VideoConfig = as_config(video, VideoConfig)
-        self.text_config: TextConfig = as_config(text, TextConfig)
+        self.video_config: VideoConfig = VideoConfig.from_dict(video)
+        self.text_config: TextConfig = TextConfig.from_dict(text)
         vc, tc = self.video_config, self.text_config
         self.video_model = SpaceTimeTransformer(
             **vc.geometry(), num_frames=vc.num_frames, time_init=vc.time_init,

@@ -7,7 +7,6 @@ the ViT it was initialised from computes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,23 +15,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-TimeInit = Literal["zeros", "rand"]
-
-
-@dataclass(frozen=True)
-class Geometry:
-    img_size: int
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-
-
-# The published towers: ViT-B/16 and ViT-B/32 at 224 px.
-PRESETS: dict[str, Geometry] = {
-    "base_patch16_224": Geometry(224, 16, 768, 12, 12),
-    "base_patch32_224": Geometry(224, 32, 768, 12, 12),
-}
+from .config import TimeInit
 
 
 class VideoPatchEmbed(nn.Module):

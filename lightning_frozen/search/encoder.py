@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from ..data.transforms import VideoTransform
-from ..models import FrozenInTime, create_model, model_config
+from ..models import FrozenInTime, ModelConfig, create_model
 from ..similarity import normalize
 from ..tokenizer import build_tokenizer
 
@@ -48,10 +47,8 @@ def read_model_config(value: Optional[str]) -> Optional[dict[str, Any]]:
         data = yaml.safe_load(path.read_text()) or {}
         data = data.get("model", data)
         data = data.get("init_args", data)
-        config = model_config({k: data[k] for k in ("video", "text", "projection_dim") if k in data})
-    else:
-        config = model_config(value)
-    return {k: asdict(v) if is_dataclass(v) else v for k, v in config.items()}
+        return ModelConfig.from_dict(data).to_dict()
+    return ModelConfig.from_name(value).to_dict()
 
 
 class Encoder:
