@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test demo demo-ipu clean-demo
+.PHONY: install test test-unit demo demo-ipu clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The fast tier alone (no Trainer, no subprocess): about a minute.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 demo: $(STAMP)
 	$(BIN)/lightning-frozen demo

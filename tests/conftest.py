@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
-TINY_VIDEO = dict(arch=None, img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_frames=4)
+from helpers import TINY_VIDEO  # noqa: E402
 
 
 @pytest.fixture(scope="session")

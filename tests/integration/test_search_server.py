@@ -10,7 +10,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from search_helpers import SCRIPT_NAME, free_port, save_tiny_checkpoint, start_server, video_folder
+from helpers.search import SCRIPT_NAME, free_port, save_tiny_checkpoint, start_server, video_folder
 
 from lightning_frozen.search import build_index
 from lightning_frozen.search.server import MAX_K, MAX_QUERY_CHARS, build_parser

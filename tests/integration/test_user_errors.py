@@ -1,7 +1,7 @@
 """A user's mistake ends in one message naming the file or key and the fix, exit code 2, no traceback."""
 import pytest
 import torch
-from tiny_config import tiny_config
+from helpers import tiny_config
 
 from lightning_frozen.cli import DEBUG_ENV, main
 

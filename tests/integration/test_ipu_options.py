@@ -19,7 +19,7 @@ from lightning_frozen.ipu.options import options_summary
 from lightning_frozen.models import bundled_text_model_path
 from lightning_frozen.module import FrozenModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SEED_AMP = [0.6, 0.3, 0.3, 0.5, 0.1, 0.19, 0.2, 0.18]
 
 

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import statistics
-from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-import torch.nn.functional as F
+from helpers.retrieval import assert_same, embeddings, one_shot
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalRecall
 
 from lightning_frozen.metrics import (
@@ -186,53 +182,40 @@ def test_agrees_with_torchmetrics_multi_caption_masked() -> None:
 
 
 # ---------------------------------------------------------------- RetrievalMetrics
-def _embeddings(n: int, k: int, p: int = 8, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    video = torch.randn(n, p, generator=g)
-    text = video.unsqueeze(1) + 1.5 * torch.randn(n, k, p, generator=g)  # correlated, imperfect
-    return text, video
 
 
-def _one_shot(text: torch.Tensor, video: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-    n, k, p = text.shape
-    sims = F.normalize(text.reshape(n * k, p), dim=1) @ F.normalize(video, dim=1).t()
-    return retrieval_metrics(sims, None if mask is None else mask.reshape(-1))
 
 
-def _assert_same(got: dict, ref: dict) -> None:
-    assert set(got) == set(ref)
-    for key in ref:
-        assert float(got[key]) == pytest.approx(float(ref[key]), abs=1e-6), key
 
 
-def test_retrieval_metrics_accumulates_like_one_shot() -> None:
-    text, video = _embeddings(n=20, k=1)
+def test_retrieval_metrics_accumulates_likeone_shot() -> None:
+    text, video = embeddings(n=20, k=1)
     metric = RetrievalMetrics()
     for start in range(0, 20, 6):  # batches of 6, 6, 6, 2; 2-D text form
         metric.update(text[start : start + 6, 0], video[start : start + 6])
     got = metric.compute()
-    ref = _one_shot(text, video)
-    _assert_same(got, ref)
+    ref = one_shot(text, video)
+    assert_same(got, ref)
     assert 0 < ref["t2v_R1"] < 100  # the data is neither trivial nor hopeless
     assert "t2v_gmean" in got and "v2t_MedR" in got
 
 
 def test_retrieval_metrics_multi_caption_mask_and_reset() -> None:
-    text, video = _embeddings(n=10, k=3, seed=1)
+    text, video = embeddings(n=10, k=3, seed=1)
     mask = torch.ones(10, 3, dtype=torch.bool)
     mask[[2, 5, 7], 2] = False
     text[~mask] = 0.0  # padded captions: a zero embedding must not produce NaN
     metric = RetrievalMetrics()
     metric.update(text[:4], video[:4], query_mask=mask[:4])
     metric.update(text[4:], video[4:], query_mask=mask[4:])
-    _assert_same(metric.compute(), _one_shot(text, video, mask))
+    assert_same(metric.compute(), one_shot(text, video, mask))
     metric.reset()
     metric.update(text[:5, :2], video[:5])  # k may change after reset
-    _assert_same(metric.compute(), _one_shot(text[:5, :2], video[:5]))
+    assert_same(metric.compute(), one_shot(text[:5, :2], video[:5]))
 
 
 def test_retrieval_metrics_drops_duplicate_ids_and_sorts() -> None:
-    text, video = _embeddings(n=9, k=2, seed=2)
+    text, video = embeddings(n=9, k=2, seed=2)
     ids = torch.arange(100, 109)
     perm = torch.tensor([4, 0, 7, 2, 8, 1, 3, 6, 5])
     # Shuffled order, then the sampler-style padding repeats the first two samples.
@@ -240,20 +223,20 @@ def test_retrieval_metrics_drops_duplicate_ids_and_sorts() -> None:
     metric = RetrievalMetrics()
     for chunk in order.split(4):
         metric.update(text[chunk], video[chunk], video_ids=ids[chunk])
-    _assert_same(metric.compute(), _one_shot(text, video))
+    assert_same(metric.compute(), one_shot(text, video))
 
     # The first occurrence wins: a later copy of id 104 carrying other data is ignored.
     first = RetrievalMetrics()
     first.update(text[:5], video[:5], video_ids=ids[:5])
     first.update(text[[5, 6, 7, 8, 0]], video[[5, 6, 7, 8, 8]], video_ids=ids[[5, 6, 7, 8, 4]])
-    _assert_same(first.compute(), _one_shot(text, video))
+    assert_same(first.compute(), one_shot(text, video))
 
     # Without ids the duplicates count twice, which changes the result.
     plain = RetrievalMetrics()
     for chunk in order.split(4):
         plain.update(text[chunk], video[chunk])
     dup = plain.compute()
-    assert any(abs(float(dup[k_]) - float(v)) > 1e-6 for k_, v in _one_shot(text, video).items())
+    assert any(abs(float(dup[k_]) - float(v)) > 1e-6 for k_, v in one_shot(text, video).items())
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method")
@@ -289,30 +272,5 @@ def test_format_metrics_table() -> None:
 
 
 # ---------------------------------------------------------------- DDP sync (two gloo ranks)
-def _metric_worker(rank: int, out_dir: str) -> None:
-    url = f"file://{Path(out_dir) / 'rendezvous'}"  # a file, not a port: nothing to race for
-    dist.init_process_group(
-        "gloo", init_method=url, rank=rank, world_size=2, timeout=timedelta(seconds=120)
-    )
-    try:
-        text, video = _embeddings(n=7, k=2, seed=5)
-        ids = torch.arange(7)
-        # DistributedSampler-like split of 7 into 4 + 4: rank r takes r, r+2, ...; the
-        # padding repeats sample 0 on rank 1.
-        local = torch.tensor([0, 2, 4, 6]) if rank == 0 else torch.tensor([1, 3, 5, 0])
-        metric = RetrievalMetrics()
-        for chunk in local.split(3):
-            metric.update(text[chunk], video[chunk], video_ids=ids[chunk])
-        values = {k: float(v) for k, v in metric.compute().items()}
-        torch.save(values, Path(out_dir) / f"m{rank}.pt")
-        dist.barrier()  # both ranks done communicating before gloo tears down (else a teardown abort)
-    finally:
-        dist.destroy_process_group()
 
 
-def test_retrieval_metrics_syncs_across_ranks(tmp_path: Path) -> None:
-    mp.spawn(_metric_worker, args=(str(tmp_path),), nprocs=2, join=True)
-    text, video = _embeddings(n=7, k=2, seed=5)
-    ref = _one_shot(text, video)
-    for rank in range(2):
-        _assert_same(torch.load(tmp_path / f"m{rank}.pt"), ref)

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import yaml
-from tiny_config import tiny_config
+from helpers import tiny_config
 
 NOISE = ("LOAD REPORT", "Loading weights", "Tip:", "LightningCLI's args", "Validate metric", "LeafSpec", "set_vital")
 

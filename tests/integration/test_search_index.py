@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from search_helpers import rows, save_tiny_checkpoint, tiny_config, video_folder
+from helpers.search import rows, save_tiny_checkpoint, tiny_config, video_folder
 
 from lightning_frozen.data.transforms import VideoTransform
 from lightning_frozen.data.video import read_frames

@@ -69,15 +69,3 @@ def test_a_resumed_run_removes_what_a_killed_save_left_behind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "notes.tmp"]
 
 
-def test_a_resume_cleans_partial_saves_in_every_checkpoint_folder_the_curriculum_s_too(tmp_path):
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
-    from lightning_frozen.callbacks import FrameCurriculum
-    from lightning_frozen.callbacks.resume import checkpoint_folders
-
-    last, stages = tmp_path / "checkpoints", tmp_path / "stages"
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
-                         callbacks=[ModelCheckpoint(dirpath=last),
-                                    FrameCurriculum([{"frames": 1, "epochs": 1}], dirpath=str(stages))])
-    assert checkpoint_folders(trainer) == [last, stages]  # the folders ExactResume cleans on a resume

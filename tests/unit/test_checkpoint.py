@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from conftest import TINY_VIDEO
+from helpers import TINY_VIDEO
 
 from lightning_frozen.models import (
     PRESETS,
@@ -222,16 +222,3 @@ def test_create_model_reads_the_config_a_lightning_checkpoint_records(tmp_path, 
         torch.testing.assert_close(loaded.encode_video(video), source.encode_video(video), rtol=0, atol=0)
 
 
-def test_ckpt_path_reads_go_through_the_restricted_unpickler(tmp_path, tiny_msrvtt, text_dir):
-    """`--ckpt_path` (and trainer.test(ckpt_path=...)) never runs code a checkpoint pickles."""
-    from tiny_config import tiny_config
-
-    from lightning_frozen.cli import run_cli
-
-    cli = run_cli(["--config", str(tiny_config(tmp_path, tiny_msrvtt, text_dir))], run=False)
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": cli.model.state_dict(), "payload": _Payload(marker)}, evil)
-    with pytest.raises(UnsafePickleError, match="evil.ckpt.*refusing"):
-        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=evil)
-    assert not marker.exists()

@@ -6,7 +6,7 @@ import boto3
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_VIDEO
+from helpers import TINY_VIDEO
 from litdata.streaming import downloader
 from moto.server import ThreadedMotoServer
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from search_helpers import SCRIPT_NAME, free_port, save_tiny_checkpoint, start_server, video_folder
+from helpers.search import SCRIPT_NAME, free_port, save_tiny_checkpoint, start_server, video_folder
 
 from lightning_frozen.search import Index, build_index
 

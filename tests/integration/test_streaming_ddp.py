@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY_VIDEO
+from helpers import TINY_VIDEO
 
 from lightning_frozen.data.collate import TextVideoCollator
 from lightning_frozen.data.datamodule import FrozenDataModule

@@ -2,7 +2,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_VIDEO
+from helpers import TINY_VIDEO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_frozen.module import FrozenModule

@@ -8,7 +8,7 @@ import yaml
 from lightning_frozen.data import MSRVTT
 from lightning_frozen.data.msrvtt import held_out_ids
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 TRAIN_LIST = "high-quality/structured-symlinks/train_list_jsfusion.txt"
 
 

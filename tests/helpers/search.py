@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from conftest import TINY_VIDEO
 
+from helpers import TINY_VIDEO
 from lightning_frozen.data.synthetic import make_synthetic_dataset
 from lightning_frozen.models import bundled_text_model_path, create_model
 

@@ -1,7 +1,7 @@
 """model.compile through the CLI: static shapes, a bounded number of compiles, a fresh start per curriculum stage."""
 import pytest
 import pytorch_lightning as pl
-from tiny_config import tiny_config
+from helpers import tiny_config
 from torch._dynamo.utils import counters
 
 from lightning_frozen.cli import run_cli
@@ -49,7 +49,7 @@ def test_compile_refuses_batch_dependent_caption_lengths(tmp_path, tiny_msrvtt, 
 
 def test_tf32_for_training_steps_on_cuda_only_and_fused_adamw(tiny_text):
     import torch
-    from conftest import TINY_VIDEO
+    from helpers import TINY_VIDEO
     from pytorch_lightning.trainer.states import TrainerFn
 
     from lightning_frozen.module import FrozenModule

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_VIDEO
+from helpers import TINY_VIDEO
 
 from lightning_frozen.models import FrozenInTime, VideoConfig, build_tokenizer, create_model
 

@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import TINY_VIDEO
-from tiny_config import tiny_config
+from helpers import TINY_VIDEO, tiny_config
 
 from lightning_frozen.cli import run_cli
 from lightning_frozen.module import FrozenModule

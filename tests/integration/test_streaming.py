@@ -6,7 +6,7 @@ import textwrap
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY_VIDEO
+from helpers import TINY_VIDEO
 from litdata.streaming.cache import Cache
 
 from lightning_frozen.callbacks import FrameCurriculum

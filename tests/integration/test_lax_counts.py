@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from tiny_config import tiny_config
+from helpers import tiny_config
 
 from lightning_frozen.cli import run_cli
 from lightning_frozen.data import MSRVTT

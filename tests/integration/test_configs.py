@@ -5,7 +5,7 @@ import pytest
 
 from lightning_frozen.cli import run_cli
 
-CONFIGS = sorted(str(p) for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(str(p) for p in (Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_configs_exist():

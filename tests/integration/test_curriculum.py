@@ -4,7 +4,7 @@ import hashlib
 import pytest
 import pytorch_lightning as pl
 import torch
-from tiny_config import tiny_config
+from helpers import tiny_config
 
 from lightning_frozen.callbacks import FrameCurriculum
 from lightning_frozen.cli import run_cli

@@ -1,11 +1,12 @@
-"""A tiny LightningCLI config for tests: the demo's shape at toy size."""
+"""Test helpers: the tiny model geometry and a tiny LightningCLI config (the demo's shape at toy size)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import yaml
-from conftest import TINY_VIDEO
+
+TINY_VIDEO = dict(arch=None, img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_frames=4)
 
 
 def tiny_config(tmp_path: Path, data_root: Path, text_dir: str, stages: Optional[list] = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tiny_config import tiny_config
+from helpers import tiny_config
 
 STAGES = [{"frames": 1, "epochs": 2}, {"frames": 2, "epochs": 2}]
 STEPS_PER_EPOCH = 3  # 12 training clips, batch 4
@@ -28,7 +28,7 @@ def run_config(tmp_path: Path, data_root: Path, text_dir: str, run: str, kill_at
     trainer["callbacks"].append({"class_path": "lightning_frozen.callbacks.LastCheckpoint",
                                  "init_args": {"every_n_train_steps": 2}})
     if kill_at is not None:
-        trainer["callbacks"].append({"class_path": "kill_switch.KillAtStep", "init_args": {"step": kill_at}})
+        trainer["callbacks"].append({"class_path": "helpers.kill_switch.KillAtStep", "init_args": {"step": kill_at}})
     config["data"].update(num_workers=2, persistent_workers=True)
     path = folder / f"kill_at_{kill_at}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -36,7 +36,8 @@ def run_config(tmp_path: Path, data_root: Path, text_dir: str, run: str, kill_at
 
 
 def fit(config: Path, resume: bool) -> int:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    tests = str(Path(__file__).parents[1])  # helpers.kill_switch
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "lightning_frozen.cli", "fit", "--config", str(config)]
     result = subprocess.run(command + (["--ckpt_path", "last"] if resume else []), env=env, capture_output=True,
@@ -78,3 +79,18 @@ def test_kill_9_in_every_stage_then_resume_equals_an_uninterrupted_run(tmp_path,
     curves = "TrainingCurves"
     assert plain["callbacks"][curves]["history"]["loss"] == resumed["callbacks"][curves]["history"]["loss"], note
     assert (tmp_path / "killed" / "checkpoints" / "curves.png").is_file()
+
+
+def test_a_resume_cleans_partial_saves_in_every_checkpoint_folder_the_curriculum_s_too(tmp_path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lightning_frozen.callbacks import FrameCurriculum
+    from lightning_frozen.callbacks.resume import checkpoint_folders
+
+    last, stages = tmp_path / "checkpoints", tmp_path / "stages"
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                         callbacks=[ModelCheckpoint(dirpath=last),
+                                    FrameCurriculum([{"frames": 1, "epochs": 1}], dirpath=str(stages))])
+    assert checkpoint_folders(trainer) == [last, stages]  # the folders ExactResume cleans on a resume
+

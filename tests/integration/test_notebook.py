@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "search_videos.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "search_videos.ipynb"
 
 
 def test_search_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
