@@ -43,8 +43,13 @@ def arch_geometry(arch: str) -> dict[str, int]:
     raise ValueError(f"video.arch {arch!r} is unknown: use one of {arch_names()} or null")
 
 
+@dataclass
 class DictConfig:
-    """``from_dict``/``to_dict`` for a config dataclass: unknown keys fail by name."""
+    """``from_dict``/``to_dict`` for a config dataclass: unknown keys fail by name.
+
+    A dataclass itself (with no fields), so that jsonargparse still sees its subclasses as plain
+    dataclasses (flat YAML sections, flat dicts in checkpoints), not as classes to pick by class_path.
+    """
 
     @classmethod
     def from_dict(cls, value: Union[Mapping[str, Any], "DictConfig", None]) -> Any:
