@@ -107,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         for seed in args.seeds:  # a tiny train split: only the 100 test videos are used
             roots[f"seed {seed}"] = make_synthetic_dataset(Path(tmp) / f"set{seed}", "msrvtt", num_train=1, seed=seed)
         for name, root in roots.items():
-            dataset = MSRVTT(root, cut="jsfusion", split="test", frame_size=80, num_frames=4)
+            dataset = MSRVTT(root, cut="jsfusion", split="test", frame_size=80)  # 4 frames: the run state's default
             captions = {Path(p).name: c[0] for p, c in zip(dataset.records["path"], dataset.records["captions"])}
             row = test_protocol(encoder, dataset, multi_clip_stride=1, temperature=args.temperature)
             row.update(search_tricks(encoder, root, captions, bank, Path(tmp) / f"index-{name.replace(' ', '_')}"))

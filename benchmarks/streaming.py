@@ -86,7 +86,8 @@ def time_epoch(loader) -> dict:
 
 
 def streaming_loader(input_dir: str, cache: Path, **options) -> StreamingLoader:
-    stream = StreamingVideoText(input_dir, num_frames=NUM_FRAMES, frame_size=SIZE, cache_dir=str(cache), **options)
+    stream = StreamingVideoText(input_dir, frame_size=SIZE, cache_dir=str(cache), **options)
+    stream.run_state.set_num_frames(NUM_FRAMES)
     return StreamingLoader(stream, batch_size=BATCH, num_workers=1, collate_fn=_items)
 
 
@@ -129,8 +130,10 @@ def clip_rows(work: Path, clips: int, epochs: int) -> list[dict]:
             shard_dataset(root, "folder", url, split="train", workers=2, chunk_bytes=chunk,
                           work_dir=work / f"s3work{height}", progress=False)
             data = folder_bytes(shards)
+            folder = VideoFolder(root, split="train", frame_size=SIZE)
+            folder.run_state.set_num_frames(NUM_FRAMES)
             files = torch.utils.data.DataLoader(
-                VideoFolder(root, split="train", num_frames=NUM_FRAMES, frame_size=SIZE), batch_size=BATCH,
+                folder, batch_size=BATCH,
                 shuffle=True, num_workers=1, collate_fn=_items)
             cold_cache = max(data // 2, 1)
             loaders = {

@@ -28,13 +28,11 @@ def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) 
     """Share of test videos whose true direction wins among four captions differing only in direction."""
     clips = json.loads((dataset_root / "synthetic.json").read_text())["clips"]
     dataset = datamodule.datasets["test"][0]
-    old_frames = dataset.num_frames
-    dataset.set_num_frames(frames)
     directions = list(DIRECTIONS)
     tokenizer = datamodule.tokenizer
     cli_module.eval()
     correct = total = 0
-    try:
+    with datamodule.run_state.frames(frames):
         for index in range(len(dataset)):
             item = dataset[index]
             spec = clips[item["meta"]["path"]]
@@ -47,8 +45,6 @@ def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) 
             best = int(cli_module.model.similarity(text_emb, video_emb)[:, 0].argmax())
             correct += directions[best] == spec["direction"]
             total += 1
-    finally:
-        dataset.set_num_frames(old_frames)
     return 100.0 * correct / total
 
 

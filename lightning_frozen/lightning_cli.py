@@ -26,7 +26,8 @@ PROG = "lightning-frozen"
 
 
 class FrozenCLI(LightningCLI):
-    """LightningCLI over FrozenModule and FrozenDataModule, with the tokenizer linked to the text model.
+    """LightningCLI over FrozenModule and FrozenDataModule; the data's tokenizer and frames per clip follow the
+    model's, its seed `seed_everything`.
 
     Every trainer gets `SafeCheckpointIO` (restricted reads, atomic writes), `ExactResume`
     (random states in checkpoints) and `TrainingCurves` (curves.png next to the checkpoints).
@@ -40,8 +41,18 @@ class FrozenCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # What the data must agree on with the model is said once, by the model: its tokenizer and
+        # the frames per clip (a frame curriculum schedules fewer per epoch).
         parser.link_arguments("model.text.name_or_path", "data.tokenizer")
+        parser.link_arguments("model.video.num_frames", "data.num_frames")
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=_data_seed)
         parser.add_lightning_class_args(EmbeddingWriter, "embeddings")
+
+    def before_instantiate_classes(self) -> None:
+        # The run's seed (after LightningCLI drew one for `seed_everything: true`) is the data's:
+        # every sample's frames and caption and every epoch's order derive from it.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config["data"]["seed"] = _data_seed(config.get("seed_everything"))
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's version reads the file with torch.load and lays its hyperparameters over the
@@ -93,6 +104,11 @@ class FrozenCLI(LightningCLI):
 
     def test(self, **kwargs: Any) -> Any:
         return self.trainer.test(**{**kwargs, "verbose": False})
+
+
+def _data_seed(seed_everything: Any) -> int:
+    """The data's seed from `seed_everything` (an int; true or false before LightningCLI draws one: 0)."""
+    return seed_everything if isinstance(seed_everything, int) and not isinstance(seed_everything, bool) else 0
 
 
 def _as_list(value: Any) -> list:

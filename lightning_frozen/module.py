@@ -333,11 +333,9 @@ def check_data_fits_model(module: FrozenModule, datamodule: Any) -> None:
                          f"({module.model.text_config.name_or_path}) has {positions} positions: "
                          f"set data.max_length <= {positions}")
     rows = module.model.video_model.num_frames
-    if getattr(datamodule, "frame_schedule", None) is not None:
-        return  # a frame curriculum sets the frames per clip (and checks its stages against the model)
-    for stage, datasets in getattr(datamodule, "datasets", {}).items():
-        for dataset in datasets:
-            frames = getattr(dataset, "num_frames", None)
-            if isinstance(frames, int) and frames > rows:
-                raise ValueError(f"a {stage} dataset reads {frames} frames per clip but model.video.num_frames is "
-                                 f"{rows}: set model.video.num_frames >= {frames} or data.num_frames <= {rows}")
+    run_state = getattr(datamodule, "run_state", None)
+    if run_state is None or run_state.schedule is not None:
+        return  # a frame curriculum schedules the frames per clip (and checks its stages against the model)
+    if run_state.num_frames > rows:
+        raise ValueError(f"the data reads {run_state.num_frames} frames per clip but model.video.num_frames is {rows}: "
+                         f"set data.num_frames <= {rows} (the CLI takes it from model.video.num_frames)")

@@ -1,9 +1,10 @@
 """FrameCurriculum: train on 1, then 2, then 4 frames in one run, with a best and last checkpoint per stage.
 
 At each stage boundary the best weights of the stage just ended are reloaded (the
-published recipe starts each stage from the previous stage's best checkpoint) and the
-DataModule switches its frame count. The datasets read the count per item from shared
-memory, so no loader is rebuilt: workers, loader state and the epoch carry on.
+published recipe starts each stage from the previous stage's best checkpoint). The frame
+count follows the stages through the DataModule's run state, which this callback hands its
+schedule: the datasets read the count per item from shared memory, so no loader is rebuilt
+and workers, loader state and the epoch carry on.
 """
 from __future__ import annotations
 
@@ -94,14 +95,14 @@ class FrameCurriculum(pl.Callback):
         if most > model_frames:
             raise ValueError(f"the curriculum reaches {most} frames but model.video.num_frames is {model_frames}: "
                              f"set it to {most}")
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "frame_schedule"):
-            raise TypeError("FrameCurriculum needs a DataModule with a frame_schedule (FrozenDataModule)")
-        # The DataModule asks for the frame count whenever a loader starts an epoch: after a resume
-        # has restored the epoch, so a resumed run continues in the right stage. Installed here,
-        # before the LightningModule's setup checks the data against the model: the frame counts
-        # that matter are then the stages' (checked above), not the datasets'.
-        datamodule.frame_schedule = self.frames_at_epoch
+        run_state = getattr(trainer.datamodule, "run_state", None)
+        if run_state is None:
+            raise TypeError("FrameCurriculum needs a DataModule with a run_state (FrozenDataModule)")
+        # The run state applies it whenever a training loader begins an epoch, after a resume has
+        # restored the epoch, so a resumed run continues in the right stage. Installed here, before
+        # the LightningModule's setup checks the data against the model: the frame counts that
+        # matter are then the stages' (checked above).
+        run_state.set_schedule(self.frames_at_epoch)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.max_epochs != self.total_epochs:

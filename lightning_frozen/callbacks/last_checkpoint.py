@@ -25,7 +25,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         due = trainer.global_step % self._every_n_train_steps == 0
-        if due and _validation_follows(trainer):
+        if due and _validation_follows(trainer, batch_idx):
             self._after_validation = True
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -37,9 +37,9 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def _validation_follows(trainer: pl.Trainer) -> bool:
+def _validation_follows(trainer: pl.Trainer, batch_idx: int) -> bool:
     """Whether this is the epoch's last batch and the epoch's validation runs next."""
-    if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or not trainer.enable_validation:
+    if batch_idx + 1 < trainer.num_training_batches or not trainer.enable_validation:
         return False
     batches = trainer.num_val_batches
     if not (sum(batches) if isinstance(batches, list) else batches):

@@ -8,7 +8,7 @@ missing, and this callback adds them:
   on-device augmentation draw. They are saved in every checkpoint and put back when training
   starts again (``on_train_start``), after Lightning has rebuilt the loaders, so nothing drawn
   while setting up can shift them. (Data workers need no state: each item's randomness comes
-  from its place in the run, see ``lightning_frozen.data.base.sample_generator``.)
+  from its place in the run, see ``lightning_frozen.data.core.RunState``.)
 * A run folder that belongs to one run: a fresh ``fit`` refuses a checkpoint folder that
   already holds checkpoints (``--ckpt_path last`` continues that run instead), so a new run
   never overwrites another's ``last.ckpt`` and nothing is found missing an epoch later. A

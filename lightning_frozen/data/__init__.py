@@ -2,6 +2,7 @@
 
 from .base import TextVideoDataset
 from .cc3m import ConceptualCaptions3M
+from .core import Record, RunState, TextMediaDataset
 from .folder import VideoFolder
 from .msrvtt import MSRVTT
 from .video import VideoReadError, read_frames, read_image, sample_frame_indices
@@ -19,13 +20,14 @@ _LAZY = {
     "FrozenDataModule": ".datamodule",
     "StreamingVideoText": ".streaming",
     "StreamingImageText": ".streaming",
+    "StreamingLoader": ".streaming",
     "shard_dataset": ".shard",
 }
 
 
 __all__ = [
-    "MSRVTT", "ConceptualCaptions3M", "TextVideoDataset", "VideoFolder", "VideoReadError", "WebVid", "read_frames",
-    "read_image", "sample_frame_indices", *_LAZY,
+    "MSRVTT", "ConceptualCaptions3M", "Record", "RunState", "TextMediaDataset", "TextVideoDataset", "VideoFolder",
+    "VideoReadError", "WebVid", "read_frames", "read_image", "sample_frame_indices", *_LAZY,
 ]
 
 

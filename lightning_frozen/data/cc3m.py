@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import os
 import zlib
-from pathlib import Path
 from typing import Union
 
 import pandas as pd
-import torch
 
 from .base import TextVideoDataset, find_file, read_table
-from .video import read_image
 
 METADATA_NAMES = {"train": "cc3m_training_success_full.tsv", "val": "cc3m_validation_success_full.tsv"}
 
@@ -36,6 +33,7 @@ class ConceptualCaptions3M(TextVideoDataset):
     """
 
     dataset_name = "cc3m"
+    images = True
 
     def __init__(
         self,
@@ -70,5 +68,3 @@ class ConceptualCaptions3M(TextVideoDataset):
             }
         )
 
-    def _read(self, path: Path, generator: torch.Generator) -> torch.Tensor:
-        return read_image(path, size=self.frame_size, root=self.root)

@@ -11,11 +11,20 @@ Why it is shaped this way:
   dataset it returns a plain DataLoader and ``training_step`` gets the batch itself.
 * Workers only decode and tokenise; augmentation runs on the device in
   ``on_after_batch_transfer`` (kornia, ``VideoTransform``).
-* Per-epoch dataset state is reset where each loader starts iterating (in the main
-  process, before workers read anything): ``reset_skipped()`` on every dataset and
-  ``set_epoch(epoch)`` on training datasets that have them. Skip counts are then read
-  from the main process, so a dataset must keep its counter in shared memory (as
-  ``TextVideoDataset`` does) for counts from worker processes to show.
+* Loaders are resumable and call ``on_start()`` where a pass starts (``RunLoader``): torchdata's
+  ``StatefulDataLoader`` for files (``FileLoader``; Lightning saves its position in every
+  checkpoint) and LitData's ``StreamingDataLoader`` for shards
+  (``lightning_frozen.data.streaming.StreamingLoader``, imported only when shards are read).
+  The training order of files is ``EpochShuffleSampler``'s, drawn from the run state.
+* One ``RunState`` (the run's seed, the data epoch, the frames per clip) is handed to every
+  dataset and to the training sampler, and written in one place: where a training loader
+  starts a pass (in the main process, before any worker reads). The frame curriculum hands it
+  a schedule. Skip counts restart there too (every pass of an evaluation loader, every new
+  epoch of the training data).
+* Which epoch's data comes next is ``trainer.current_epoch``, except on a resume from a
+  checkpoint taken after an epoch's last batch: Lightning builds the loaders before it moves its
+  epoch on, so the DataModule keeps its own count in the checkpoint (``state_dict``: the data
+  epoch, and how many of its batches were trained) and reads what is larger.
 
 YAML (LightningCLI ``data:`` section)::
 
@@ -31,11 +40,11 @@ YAML (LightningCLI ``data:`` section)::
         val_datasets:
           - class_path: lightning_frozen.data.MSRVTT
             init_args: {root: data/msrvtt, cut: jsfusion, split: test}
-        tokenizer: distilbert-base-uncased   # HF name or a local directory
+        tokenizer: distilbert-base-uncased   # HF name or a local directory (the CLI: the text model's)
         max_length: 32
         padding: longest                     # max_length for static shapes (IPU)
         input_res: 224
-        num_frames: 4
+        num_frames: 4                        # the CLI: model.video.num_frames
         eval_batch_size: 16
         num_workers: 8
 
@@ -52,17 +61,15 @@ so the augmentation here is what runs even if the model also defines them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Sized, Tuple, Union
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .base import run_generator
 from .collate import TextVideoCollator, is_single_batch
-from .sampler import EpochShuffleSampler
-from .streaming import is_streaming, streaming_loader
+from .core import RunState
 from .transforms import VideoTransform
 
 __all__ = ["FrozenDataModule", "dataset_names"]
@@ -103,41 +110,60 @@ def _call_each(ds: Dataset, method: str, *args: Any) -> None:
             fn(*args)
 
 
-class _EpochStartDataLoader(StatefulDataLoader):
-    """A resumable DataLoader that calls ``on_start()`` whenever iteration (re)starts.
+class RunLoader:
+    """Calls ``on_start()`` whenever iteration (re)starts; mixed into a DataLoader class."""
 
-    ``iter()`` runs in the main process before any worker reads an item, which makes it
-    the place to reset per-epoch dataset state; ``on_start`` returns the epoch of a training
-    loader (None otherwise), which goes to the sampler before it draws the epoch's order.
-    ``epoch_done`` says when the epoch's last batch has passed: its state is then empty.
-    torchdata's ``StatefulDataLoader`` has ``state_dict``/``load_state_dict``: Lightning
-    saves its position in every checkpoint and a resumed run continues at the next batch.
-    Lightning re-creates the loader with a DistributedSampler under DDP; ``on_start`` is
+    on_start: Optional[Callable[[], None]] = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.on_start is not None:
+            self.on_start()
+        return super().__iter__()
+
+
+class FileLoader(RunLoader, StatefulDataLoader):
+    """A resumable DataLoader for datasets of files.
+
+    ``pass_complete()`` says when the running training pass has had its last batch: its position
+    is then of no use (a resume starts the next pass from its beginning), so none is saved.
+    Lightning re-creates the loader with a distributed sampler under DDP; both callables are
     carried over like any other argument.
     """
 
-    def __init__(self, *args: Any, on_start: Optional[Callable[[], Optional[int]]] = None,
-                 epoch_done: Optional[Callable[[], bool]] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_start: Optional[Callable[[], None]] = None,
+                 pass_complete: Optional[Callable[[], bool]] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.on_start = on_start
-        self.epoch_done = epoch_done
+        self.pass_complete = pass_complete
 
-    def state_dict(self) -> Dict[str, Any]:
-        # After an epoch's last batch the next iteration is a new epoch: save no position, or a
-        # resume would start that epoch where this one stopped (or at its end).
-        if self.epoch_done is not None and self.epoch_done():
+    def state_dict(self) -> dict[str, Any]:
+        if self.pass_complete is not None and self.pass_complete():
             return {}
         return super().state_dict()
 
-    def __iter__(self) -> Iterator[Any]:
-        epoch = self.on_start() if self.on_start is not None else None
-        if epoch is not None:
-            # Ours, or under DDP the DistributedSampler that Lightning put into the batch sampler
-            # (Lightning itself only reaches `sampler` and `batch_sampler`, and too late for a resume).
-            for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
-                if callable(getattr(sampler, "set_epoch", None)):
-                    sampler.set_epoch(epoch)
-        return super().__iter__()
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh random order every epoch that any process can redraw.
+
+    The order of an epoch depends only on the run's seed, ``seed``, ``stream`` and the epoch the
+    run state holds when iteration starts (the DataModule writes it as the loader starts), not on
+    the global random state. A resumed ``StatefulDataLoader`` skips the indices the interrupted
+    loader had already yielded, so it continues the same epoch in the same order. Under DDP,
+    Lightning wraps this sampler and hands each rank its share.
+    """
+
+    def __init__(self, data_source: Sized, run_state: RunState, seed: int = 0, stream: int = 0) -> None:
+        self.data_source = data_source
+        self.run_state = run_state
+        self.seed = int(seed)
+        self.stream = int(stream)  # several training datasets of one seed still get their own orders
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = self.run_state.generator(self.seed, self.stream, self.run_state.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
 
 
 class FrozenDataModule(pl.LightningDataModule):
@@ -158,8 +184,10 @@ class FrozenDataModule(pl.LightningDataModule):
             (``persistent_workers`` is ignored when ``num_workers`` is 0).
         pin_memory: ``None`` pins when CUDA is available.
         input_res, crop_scale, hflip, color_jitter: see ``VideoTransform``.
-        num_frames: frames per clip, set on every dataset at ``setup``; ``None`` keeps
-            each dataset's own setting.
+        num_frames: frames per clip of every dataset (a frame curriculum schedules it by epoch);
+            the CLI takes it from ``model.video.num_frames``.
+        seed: the run's seed, which every sample's frames and caption and every epoch's order
+            derive from; the CLI takes it from ``seed_everything``.
     """
 
     def __init__(
@@ -177,7 +205,8 @@ class FrozenDataModule(pl.LightningDataModule):
         pin_memory: Optional[bool] = None,
         persistent_workers: bool = False,
         input_res: int = 224,
-        num_frames: Optional[int] = None,
+        num_frames: int = 4,
+        seed: int = 0,
         crop_scale: Tuple[float, float] = (0.5, 1.0),
         hflip: bool = True,
         color_jitter: Optional[float] = None,
@@ -207,8 +236,8 @@ class FrozenDataModule(pl.LightningDataModule):
                 raise ValueError(f"{label} must be a positive batch size; got {value}.")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0; got {num_workers}.")
-        if num_frames is not None and num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1 (or null to keep each dataset's own); got {num_frames}.")
+        if num_frames < 1:
+            raise ValueError(f"frames per clip must be >= 1 (model.video.num_frames under the CLI); got {num_frames}.")
         TextVideoCollator(None, max_length=max_length, padding=padding)  # bad combinations fail at config time
         self.train_batch_sizes = list(train_batch_sizes)
         self.eval_batch_size = eval_batch_size
@@ -219,14 +248,16 @@ class FrozenDataModule(pl.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.num_frames = num_frames
+        self.run_state = RunState(seed=seed, num_frames=num_frames)
+        for group in self.datasets.values():
+            for ds in group:
+                _call_each(ds, "use_run_state", self.run_state)
+        self._progress: Tuple[Optional[int], int] = (None, 0)  # (data epoch, its batches trained); None: no pass yet
         self.train_transform = VideoTransform(
             train=True, input_res=input_res, crop_scale=crop_scale, hflip=hflip, color_jitter=color_jitter
         )
         self.eval_transform = VideoTransform(train=False, input_res=input_res)
         self._tokenizer: Any = None
-        # Frames per clip as a function of the epoch; the frame curriculum installs one.
-        self.frame_schedule: Optional[Callable[[int], int]] = None
-        self._loader_epochs: Dict[Tuple[str, int], Any] = {}
 
     # ----------------------------------------------------------------- setup
     @property
@@ -239,29 +270,13 @@ class FrozenDataModule(pl.LightningDataModule):
         return self._tokenizer
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.num_frames is not None:
-            self.set_num_frames(self.num_frames)
-        self._loader_epochs.clear()
+        self.run_state.set_num_frames(self.num_frames)
+        if stage == "fit":
+            self._progress = (None, 0)  # a resume puts its own back (load_state_dict)
+        self.run_state.begin_epoch(self._progress[0] or 0)  # with a frame schedule: that epoch's frame count
         for group in self.datasets.values():
             for ds in group:
                 _call_each(ds, "reset_skipped")
-
-    def set_num_frames(self, num_frames: int) -> None:
-        """Set the frames per clip of every dataset that has ``num_frames`` (curriculum stages).
-
-        Datasets without it (image-only ones) are left alone. ``TextVideoDataset`` keeps the
-        count in shared memory, so the next items read see it, in running workers too.
-        """
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1; got {num_frames}.")
-        self.num_frames = num_frames
-        for group in self.datasets.values():
-            for ds in group:
-                for leaf in _leaf_datasets(ds):
-                    if callable(getattr(leaf, "set_num_frames", None)):
-                        leaf.set_num_frames(num_frames)
-                    elif hasattr(leaf, "num_frames"):
-                        leaf.num_frames = num_frames
 
     # ----------------------------------------------------------- dataloaders
     def _loader(self, stage: str, index: int, batch_size: int) -> DataLoader:
@@ -275,16 +290,19 @@ class FrozenDataModule(pl.LightningDataModule):
             collate_fn=TextVideoCollator(self.tokenizer, max_length=self.max_length, padding=self.padding),
             on_start=functools.partial(self._on_loader_start, stage, index),
         )
-        if is_streaming(dataset):
+        if getattr(dataset, "is_streaming", False):
             # LitData's loader for shards: it splits over ranks and workers and resumes mid-epoch
+            from .streaming import streaming_loader
+
             return streaming_loader(dataset, train=train, **common)
-        return _EpochStartDataLoader(
+        seed = _dataset_seed(dataset)
+        return FileLoader(
             dataset,
             # the training order: a function of (run seed, dataset seed, epoch) alone
-            sampler=EpochShuffleSampler(dataset, seed=_dataset_seed(dataset), stream=index) if train else None,
+            sampler=EpochShuffleSampler(dataset, self.run_state, seed=seed, stream=index) if train else None,
             drop_last=train,
-            generator=run_generator(_dataset_seed(dataset), index),  # worker seeds never draw on the global RNG
-            epoch_done=self._train_epoch_done if train else None,
+            generator=self.run_state.generator(seed, index),  # worker seeds never draw on the global RNG
+            pass_complete=self._train_pass_complete if train else None,
             **common,
         )
 
@@ -325,6 +343,9 @@ class FrozenDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         train = self.trainer is not None and self.trainer.training
+        if train:
+            epoch, batches = self._progress
+            self._progress = (epoch, batches + 1)
         return self.transform_batch(batch, train=train)
 
     # ------------------------------------------------- per-epoch dataset state
@@ -344,44 +365,41 @@ class FrozenDataModule(pl.LightningDataModule):
                     counts[f"{s}/{name}"] = sum(values)
         return counts
 
-    def _epoch_key(self) -> Any:
-        trainer = self.trainer
-        if trainer is None:
-            return None
-        # The epoch whose data comes next. After a resume Lightning starts the train loader
-        # before current_epoch moves on: epoch_progress has moved on for a checkpoint from an
-        # epoch's end; one from its last batch or its validation still counts that epoch as
-        # running although all its batches are done.
-        loop = trainer.fit_loop
-        progress = loop.epoch_progress.current
-        finished = loop.restarting and progress.started > progress.processed and self._train_epoch_done()
-        return (progress.processed + int(finished), trainer.sanity_checking)
+    def _on_loader_start(self, stage: str, index: int) -> None:
+        """A pass starts: an evaluation loader's counts restart; a training loader begins its data epoch.
 
-    def _train_epoch_done(self) -> bool:
-        """Whether the running training epoch has had its last batch (then a loader's position is of no use)."""
-        trainer = self.trainer
-        return trainer is not None and bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-
-    def _on_loader_start(self, stage: str, index: int) -> Optional[int]:
-        """New epoch for this loader: reset skip counts and, for training, ``set_epoch``.
-
-        A loader restarted within one epoch (the shorter dataset cycling under
-        "max_size_cycle", or several validation runs in an epoch) keeps its counts.
-        Returns the epoch of a training loader, for its sampler.
+        A training loader restarted within one epoch (the shorter dataset cycling under
+        "max_size_cycle") keeps the epoch and its counts.
         """
-        key = self._epoch_key()
-        train_epoch = key[0] if stage == "train" and key is not None else None
-        if key is not None and self._loader_epochs.get((stage, index)) == key:
-            return train_epoch
-        self._loader_epochs[(stage, index)] = key
-        dataset = self.datasets[stage][index]
-        _call_each(dataset, "reset_skipped")
-        if self.frame_schedule is not None and key is not None:
-            # Read per item (shared memory): a curriculum stage change rebuilds no loader.
-            _call_each(dataset, "set_num_frames", self.frame_schedule(key[0]))
-        if train_epoch is not None:
-            _call_each(dataset, "set_epoch", train_epoch)
-        return train_epoch
+        if stage != "train":
+            _call_each(self.datasets[stage][index], "reset_skipped")
+            return
+        epoch = max(self.trainer.current_epoch if self.trainer is not None else 0, self._progress[0] or 0)
+        if epoch != self._progress[0]:
+            self._progress = (epoch, 0)
+            for dataset in self.datasets["train"]:
+                _call_each(dataset, "reset_skipped")
+        self.run_state.begin_epoch(epoch)
+
+    def _train_pass_complete(self) -> bool:
+        """Whether the running training epoch has had all its batches (a loader's position is then of no use)."""
+        return self.trainer is not None and self._progress[1] >= self.trainer.num_training_batches
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Which data epoch a resume continues, and how many of its batches were trained.
+
+        A checkpoint taken after an epoch's last batch continues with the next epoch: Lightning's
+        own epoch count moves on only after the loaders were built (see the module docstring).
+        """
+        epoch, batches = self._progress
+        if epoch is None:
+            return {"data_epoch": 0, "batches_trained": 0}
+        if self._train_pass_complete():
+            epoch, batches = epoch + 1, 0
+        return {"data_epoch": epoch, "batches_trained": batches}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self._progress = (int(state_dict["data_epoch"]), int(state_dict["batches_trained"]))
 
 
 def _dataset_seed(dataset: Dataset) -> int:

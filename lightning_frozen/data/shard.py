@@ -189,15 +189,27 @@ def _read_check_log(path: Path) -> dict[str, Check]:
     return results
 
 
+_BYTE_UNITS = {"tb": 1000**4, "gb": 1000**3, "mb": 1000**2, "kb": 1000, "t": 1000**4, "g": 1000**3, "m": 1000**2,
+               "k": 1000, "b": 1}  # decimal, as LitData reads --chunk-bytes
+
+
+def byte_count(text: str) -> int:
+    """'256MB', '12KB', '1.5G' -> bytes (decimal units, LitData's reading of a chunk size)."""
+    raw = text.lower().strip()
+    unit = next((u for u in _BYTE_UNITS if raw.endswith(u)), None)
+    try:
+        return int(float(raw[: -len(unit)]) * _BYTE_UNITS[unit]) if unit else int(raw)
+    except ValueError:
+        raise ValueError(f"--chunk-bytes {text!r} is not a size; write it like 256MB, 64KB or 1GB") from None
+
+
 def check_chunk_bytes(chunk_bytes: str, sizes: dict[str, int]) -> None:
     """Every sample (``sizes``: bytes per source path) must fit in a chunk.
 
     LitData gives a larger sample a chunk of its own, and its checkpoint then counts one input
     too few: a run resumed after a kill just there writes that sample twice (seen with 0.2.76).
     """
-    from litdata.utilities.format import _convert_bytes_to_int
-
-    limit = _convert_bytes_to_int(chunk_bytes)
+    limit = byte_count(chunk_bytes)
     largest = max(sizes, key=sizes.get)
     if sizes[largest] >= limit:
         raise ValueError(
@@ -293,7 +305,7 @@ def shard_dataset(
         fn=ShardSample(str(records_path), str(media_root), "image" if image else "video"),
         inputs=list(range(len(good))),
         output_dir=dst,
-        chunk_bytes=chunk_bytes,
+        chunk_bytes=byte_count(chunk_bytes),  # read once, the same way the check above read it
         num_workers=min(workers, len(good)),
         use_checkpoint=True,
         start_method=multiprocessing.get_start_method(),  # LitData would force "spawn" on the whole process

@@ -36,8 +36,8 @@ def open_media(media: Media) -> Union[str, BinaryIO]:
 
 def decode_sampled_frames(
     media: Media, choose: Callable[[int], list[int]], num_threads: int = 1
-) -> Optional[np.ndarray]:
-    """RGB uint8 frames (F, H, W, 3) at ``choose(frame_count)``, or None (see module)."""
+) -> Optional[tuple[np.ndarray, list[int]]]:
+    """(RGB uint8 frames (F, H, W, 3), the indices ``choose(frame_count)`` gave), or None (see module)."""
     import av
 
     with av.open(open_media(media)) as container:
@@ -95,4 +95,4 @@ def decode_sampled_frames(
             decode_gop(gop)  # the last GOP
     if len(found) < len(wanted):
         return None
-    return np.stack([found[i] for i in indices])
+    return np.stack([found[i] for i in indices]), indices

@@ -1,230 +1,174 @@
 """Training from LitData shards (written by `lightning-frozen shard`): the WebVid-10M / CC3M path.
 
 A shard sample is ``{"id", "path", "captions" (a JSON list), "kind" ("video" or "image"),
-"media" (the mp4 or image bytes)}``. ``StreamingVideoText`` and ``StreamingImageText`` are LitData
-``StreamingDataset``\\ s that decode those bytes inside the DataLoader workers with the same
-reader as the file datasets (``decode_frames`` / ``decode_image``: sparse PyAV decoding from
-memory) and return the same items, so collation and the on-device kornia augmentation of
-``FrozenDataModule`` are shared. LitData does the rest: chunks on local disk or object
-storage, a local cache, splitting over ranks and workers, a resumable loader.
+"media" (the mp4 or image bytes)}``. ``StreamingVideoText`` and ``StreamingImageText`` are thin
+sources of the dataset core: a sample's bytes are decoded in the DataLoader workers by the same
+reader as the file datasets' (sparse PyAV decoding from memory), and the items are the same, so
+collation and the on-device augmentation of ``FrozenDataModule`` are shared. LitData does the
+rest: chunks on local disk or object storage, a local cache, splitting over ranks and workers, a
+resumable loader (``StreamingLoader``, below).
 
 How it keeps the project's guarantees:
 
-* Frames per clip are read per item from shared memory (``set_num_frames``), so a frame
+* LitData's dataset (``stream``) is built on first use, which under ``FrozenDataModule`` is its
+  ``setup``: after the process group exists, so LitData sees every rank (LightningCLI builds the
+  sources before it), and a config names an S3 bucket without opening it.
+* Frames per clip, the epoch and the run's seed come from the run state per item, so a frame
   curriculum stage changes what the next items decode without rebuilding the loader (which
   would reset LitData's epoch and resume state).
-* Per-item randomness (frames, caption) comes from ``sample_generator(seed, epoch, index,
-  attempt)``, where ``index`` is the sample's position in the shards and ``epoch`` LitData's
-  epoch: a resumed loader draws exactly what the interrupted one would have.
-* A sample that fails to decode (``shard`` checked every one, so this means damaged storage)
-  is replaced by the next decodable sample of the same chunk and counted (``num_skipped``),
-  never dropped: dropping would give ranks different batch counts (a hang in the loss's
-  all-gather) and break LitData's resume position (batches x batch size).
-* ``StreamingLoader`` (LitData's ``StreamingDataLoader``) goes into Lightning checkpoints, and a
-  run resumed from a mid-epoch checkpoint reads exactly the samples not yet seen, then starts the
-  next epoch afresh.
+* A sample that fails to decode (``shard`` checked every one, so this means damaged storage) is
+  replaced under lax loading by the next decodable sample of the same chunk and counted, never
+  dropped: dropping would give ranks different batch counts (a hang in the loss's all-gather)
+  and break LitData's resume position (batches x batch size).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
-from typing import Any, Callable, Iterator, Literal, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
-import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
-from litdata.utilities.env import _DistributedEnv
 from pytorch_lightning.utilities import rank_zero_info
 
-from .base import Loading, SharedFrameCount, SharedSkipCount, first_readable, pick_caption, sample_generator
-from .video import decode_frames, decode_image
+from .core import Record, TextMediaDataset
+from .datamodule import RunLoader
 
 __all__ = ["StreamingImageText", "StreamingLoader", "StreamingVideoText"]
 
 
+class StreamingVideoText(TextMediaDataset):
+    """Text-video pairs from shards (WebVid, MSR-VTT, folders): frames decoded in the workers.
 
-class _StreamingTextMedia(SharedSkipCount, StreamingDataset):
-    """What both streaming datasets share; subclasses say how ``media`` bytes decode."""
+    ``input_dir`` is a local folder or a URL LitData reads (``s3://bucket/prefix``, ``gs://``);
+    ``cache_dir`` and ``max_cache_size`` bound the local copy of remote chunks; ``storage_options``
+    go to the object store's client; ``max_pre_download`` chunks are fetched ahead; ``subsample``
+    keeps a fraction of the samples; ``shuffle`` (default: for the train split) shuffles chunks and
+    samples with ``seed``. The other arguments are the dataset core's (split, frame_size, fix_start,
+    mode, num_threads, decode_backend, loading, seed, max_replace_attempts, name).
+    """
 
     dataset_name = "stream"
+    default_loading = "lax"
+    is_streaming = True  # read through StreamingLoader
     kind = "video"  # what the shards must hold ("kind" of each sample, written by `shard`)
 
     def __init__(
         self,
         input_dir: str,
-        split: Literal["train", "val", "test"] = "train",
-        frame_size: Optional[int] = 256,
-        name: Optional[str] = None,
-        loading: Loading = "lax",
-        seed: int = 0,
-        shuffle: Optional[bool] = None,
         cache_dir: Optional[str] = None,
         max_cache_size: Union[int, str, None] = None,
         storage_options: Optional[dict] = None,
         max_pre_download: int = 2,
         subsample: float = 1.0,
-        max_replace_attempts: int = 100,
-    ) -> None:
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        if loading not in ("strict", "lax"):
-            raise ValueError(f"loading must be 'strict' or 'lax', got {loading!r}")
-        super().__init__(
-            input_dir,
-            cache_dir=cache_dir,
-            shuffle=split == "train" if shuffle is None else shuffle,
-            seed=seed,
-            max_cache_size=max_cache_size,
-            storage_options=storage_options,
-            max_pre_download=max_pre_download,
-            subsample=float(subsample),
-            batch_decode=0,  # one sample's bytes at a time: clips are large, windows would copy many
-        )
-        self.split = split
-        self.frame_size = frame_size
-        self.loading = loading
-        self.max_replace_attempts = max_replace_attempts
-        if name is not None:
-            self.dataset_name = name
-        self._share_skips()
-
-    # --- what subclasses define --------------------------------------------------------
-    def _decode(self, media: Any, name: str, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
-
-    # --- ranks: LightningCLI builds datasets before the process group exists ---------------
-    def detect_ranks(self) -> None:
-        """Re-read world size and rank (the loader calls this once DDP is set up).
-
-        LitData reads them when the dataset is built; under LightningCLI that is before
-        ``init_process_group``, which would make every rank read the whole dataset.
-        """
-        env = _DistributedEnv.detect()
-        if env != self.distributed_env:
-            self.distributed_env = env
-            self.shuffler = None  # per-rank lengths change with the world size
-
-    # --- items ------------------------------------------------------------------------
-    def __getitem__(self, index: Union[ChunkedIndex, int]) -> dict[str, Any]:
-        """``{"video": uint8 [F, 3, H, W], "text": str, "meta": {"id", "path", "dataset", "index"}}``."""
-        if not isinstance(index, ChunkedIndex):
-            index = ChunkedIndex(*self._locate(int(index)))
-        if not index.is_last_index:
-            return self._first_decodable(index)
-        # LitData releases a chunk once its last item is read: replacements from it come first.
-        item = self._first_decodable(dataclasses.replace(index, is_last_index=False))
-        super().__getitem__(index)
-        return item
-
-    def _locate(self, position: int) -> tuple[int, int]:
-        """(index, chunk index) of a sample, for random access outside the stream."""
-        if self.cache is None:
-            super().__getitem__(position)  # builds the cache
-        return self.cache._get_chunk_index_from_index(position)
-
-    def _first_decodable(self, index: ChunkedIndex) -> dict[str, Any]:
-        begin, end = self.cache.get_chunk_intervals()[index.chunk_index][1:3]
-        attempts = min(self.max_replace_attempts, end - begin)
-
-        def read(position: int, attempt: int) -> dict[str, Any]:
-            # A replacement comes from the same chunk, already local; only the first read may
-            # carry the worker's chunk list (which starts LitData's downloads).
-            at = index if attempt == 0 else dataclasses.replace(index, index=position, chunk_indexes=None)
-            sample = StreamingDataset.__getitem__(self, at)
-            self._check_kind(sample)
-            generator = sample_generator(self.seed, self.current_epoch, position, attempt)
-            return self._item(self._decode(sample["media"], sample["path"], generator), sample, position, generator)
-
-        candidates = ((begin + (index.index - begin + attempt) % (end - begin), attempt) for attempt in range(attempts))
-        item = first_readable(candidates, read, self.loading, self._count_skip, self.dataset_name)
-        if item is None:
-            raise RuntimeError(
-                f"{type(self).__name__}: {attempts} samples in a row from index {index.index} could not be "
-                f"decoded in {self.input_dir.url or self.input_dir.path}; check the shards (loading='strict' "
-                "names the first)"
-            )
-        return item
-
-    def _check_kind(self, sample: dict) -> None:
-        if sample.get("kind") != self.kind:
-            other = "StreamingImageText" if sample.get("kind") == "image" else "StreamingVideoText"
-            raise ValueError(
-                f"{type(self).__name__}: the shards in {self.input_dir.url or self.input_dir.path} hold "
-                f"{sample.get('kind')!r} samples, not {self.kind!r}; read them with {other}"
-            )
-
-    def _item(self, media: torch.Tensor, sample: dict, position: int, generator: torch.Generator) -> dict[str, Any]:
-        captions = json.loads(sample["captions"])
-        text = pick_caption(captions, self.split == "train", generator)
-        meta = {"id": sample["id"], "path": sample["path"], "dataset": self.dataset_name, "index": position}
-        return {"video": media, "text": text, "meta": meta}
-
-
-class StreamingVideoText(SharedFrameCount, _StreamingTextMedia):
-    """Text-video pairs from shards (WebVid, MSR-VTT, folders): frames decoded in the workers.
-
-    ``input_dir`` is a local folder or a URL LitData reads (``s3://bucket/prefix``, ``gs://``);
-    ``cache_dir`` and ``max_cache_size`` bound the local copy of remote chunks. The frame
-    arguments are those of the file datasets (``num_frames``, ``frame_size``, ``fix_start``,
-    ``mode``: "rand" for the train split, "uniform" otherwise; ``num_threads`` and
-    ``decode_backend`` go to the decoder). ``name`` names its batches in joint training
-    (default "stream"). ``seed`` seeds LitData's shuffle and the per-item randomness;
-    ``loading="lax"`` (default) replaces an undecodable sample (see the module docstring).
-    """
-
-    def __init__(
-        self,
-        input_dir: str,
-        split: Literal["train", "val", "test"] = "train",
-        num_frames: int = 4,
-        frame_size: Optional[int] = 256,
-        fix_start: Optional[int] = None,
-        mode: Optional[Literal["rand", "uniform"]] = None,
-        num_threads: int = 1,
-        decode_backend: Literal["pyav", "decord"] = "pyav",
+        shuffle: Optional[bool] = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(input_dir, split=split, frame_size=frame_size, **kwargs)
-        self._share_num_frames(num_frames)
-        self.fix_start = fix_start
-        self.mode = mode or ("rand" if split == "train" else "uniform")
-        self.num_threads = num_threads
-        self.decode_backend = decode_backend
+        super().__init__(**kwargs)
+        self.input_dir = input_dir
+        self.shuffle = self.split == "train" if shuffle is None else shuffle
+        self._stream_args = dict(cache_dir=cache_dir, max_cache_size=max_cache_size, storage_options=storage_options,
+                                 max_pre_download=max_pre_download, subsample=float(subsample))
+        self._stream: Optional[_Shards] = None
+        self._reading: Optional[ChunkedIndex] = None  # the index LitData asked for, while it is read
 
-    def _decode(self, media: Any, name: str, generator: torch.Generator) -> torch.Tensor:
-        return decode_frames(media, self.num_frames, self.mode, self.fix_start, self.frame_size, name=name,
-                             num_threads=self.num_threads, generator=generator, backend=self.decode_backend)
+    @property
+    def stream(self) -> StreamingDataset:
+        """LitData's dataset over the shards, built on first use."""
+        if self._stream is None:
+            self._stream = _Shards(self, self.input_dir, shuffle=self.shuffle, seed=self.seed, **self._stream_args)
+        return self._stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    @property
+    def where(self) -> str:
+        return str(self.input_dir)
+
+    # --- the source ---------------------------------------------------------------------
+    def read_indexed(self, index: ChunkedIndex) -> dict[str, Any]:
+        """The item for an index LitData's iteration hands out (replacements come from its chunk)."""
+        self._reading = dataclasses.replace(index, is_last_index=False)
+        try:
+            item = self.read(index.index)
+        finally:
+            self._reading = None
+        if index.is_last_index:
+            # LitData releases a chunk once its last item is read: replacements from it came first.
+            StreamingDataset.__getitem__(self.stream, index)
+        return item
+
+    def _chunk_bounds(self, position: int) -> tuple[int, int, int]:
+        """(chunk, first, end) of the chunk holding the sample at `position`."""
+        if self._reading is not None:
+            chunk = self._reading.chunk_index
+        else:
+            if self.stream.cache is None:
+                StreamingDataset.__getitem__(self.stream, position)  # LitData builds its chunk index on first access
+            starts = [interval[1] for interval in self.stream.cache.get_chunk_intervals()]
+            chunk = bisect.bisect_right(starts, position) - 1
+        first, end = self.stream.cache.get_chunk_intervals()[chunk][1:3]
+        return chunk, first, end
+
+    def replacements(self, position: int) -> Iterable[int]:
+        # Within the chunk, already local: a replacement from another chunk could start a download.
+        _, first, end = self._chunk_bounds(position)
+        size = end - first
+        return (first + (position - first + step) % size for step in range(min(self.max_replace_attempts, size)))
+
+    def record(self, position: int) -> Record:
+        reading = self._reading
+        if reading is not None and position == reading.index:
+            index = reading  # only the first read carries the worker's chunk list (it starts LitData's downloads)
+        else:
+            chunk, _, _ = self._chunk_bounds(position)
+            index = ChunkedIndex(index=position, chunk_index=chunk)
+        sample = StreamingDataset.__getitem__(self.stream, index)
+        if sample.get("kind") != self.kind:
+            other = "StreamingImageText" if sample.get("kind") == "image" else "StreamingVideoText"
+            raise ValueError(f"{type(self).__name__}: the shards in {self.input_dir} hold {sample.get('kind')!r} "
+                             f"samples, not {self.kind!r}; read them with {other}")
+        return Record(id=sample["id"], path=sample["path"], captions=json.loads(sample["captions"]),
+                      media=sample["media"], image=self.kind == "image")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reading": None}
 
 
-class StreamingImageText(_StreamingTextMedia):
-    """Image-caption pairs from shards (CC3M): one-frame clips ``[1, 3, H, W]``.
-
-    Arguments as ``StreamingVideoText`` without the frame ones; default name "cc3m".
-    """
+class StreamingImageText(StreamingVideoText):
+    """Image-caption pairs from shards (CC3M): one-frame clips ``[1, 3, H, W]``; default name "cc3m"."""
 
     dataset_name = "cc3m"
     kind = "image"
 
-    def _decode(self, media: Any, name: str, generator: torch.Generator) -> torch.Tensor:
-        return decode_image(media, self.frame_size, name=name)
+
+class _Shards(StreamingDataset):
+    """LitData's dataset whose items are read by their source (decoded, captioned, replaced when broken)."""
+
+    def __init__(self, source: StreamingVideoText, input_dir: str, **kwargs: Any) -> None:
+        super().__init__(input_dir, batch_decode=0, **kwargs)  # one sample's bytes at a time: clips are large
+        self.source = source
+
+    def __getitem__(self, index: Union[ChunkedIndex, int]) -> dict[str, Any]:
+        if isinstance(index, ChunkedIndex):
+            return self.source.read_indexed(index)
+        return self.source.read(int(index))
 
 
-class StreamingLoader(StreamingDataLoader):
-    """LitData's ``StreamingDataLoader`` with the DataModule's epoch-start hook, resumable in Lightning.
+class StreamingLoader(RunLoader, StreamingDataLoader):
+    """LitData's ``StreamingDataLoader`` over a streaming source's shards, resumable in Lightning.
 
-    ``on_start`` runs where each pass over the data starts, in the main process, before any
-    worker reads (as ``FrozenDataModule``'s file loaders do). Lightning saves ``state_dict`` in
-    its checkpoints and restores it on resume (it knows the loader's length, so it fetches no
-    batch ahead and the state is that of the last batch trained on).
+    Lightning saves ``state_dict`` in its checkpoints and restores it on resume (it knows the
+    loader's length, so it fetches no batch ahead and the state is that of the last batch
+    trained on).
     """
 
-    def __init__(self, dataset: StreamingDataset, *args: Any, on_start: Optional[Callable[[], None]] = None,
-                 **kwargs: Any) -> None:
-        if callable(getattr(dataset, "detect_ranks", None)):
-            dataset.detect_ranks()
-        super().__init__(dataset, *args, **kwargs)
+    def __init__(self, source: Any, *args: Any, on_start: Optional[Callable[[], None]] = None, **kwargs: Any) -> None:
+        super().__init__(getattr(source, "stream", source), *args, **kwargs)  # a source, or LitData's dataset
         self.on_start = on_start
         self._resumed_pass_started = False
 
@@ -243,8 +187,6 @@ class StreamingLoader(StreamingDataLoader):
             # LitData then keeps its resume flag and would replay the resumed pass. This is a new pass.
             self.restore = False
         self._resumed_pass_started = self.restore
-        if self.on_start is not None:
-            self.on_start()
         return super().__iter__()
 
     @property
@@ -268,20 +210,15 @@ def _plain_numbers(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def is_streaming(dataset: Any) -> bool:
-    """A LitData dataset, which needs LitData's loader."""
-    return isinstance(dataset, StreamingDataset)
-
-
-def streaming_loader(dataset: StreamingDataset, batch_size: int, train: bool, on_start: Callable[[], None],
+def streaming_loader(source: StreamingVideoText, batch_size: int, train: bool, on_start: Callable[[], None],
                      **kwargs: Any) -> StreamingLoader:
-    """The DataModule's loader for a streaming dataset: training drops LitData's last partial batches.
+    """The DataModule's loader for a streaming source: training drops LitData's last partial batches.
 
     ``drop_last`` here is LitData's: every rank and worker gets whole batches of the same
     count (so DDP steps stay in step); the left-over samples are logged.
     """
-    loader = StreamingLoader(dataset, batch_size=batch_size, drop_last=train, on_start=on_start, **kwargs)
+    loader = StreamingLoader(source, batch_size=batch_size, drop_last=train, on_start=on_start, **kwargs)
     if train:
-        rank_zero_info(f"{getattr(dataset, 'dataset_name', type(dataset).__name__)}: {loader.samples_per_epoch} "
-                       f"samples per epoch per rank, {loader.dropped_per_epoch} left out by drop_last")
+        rank_zero_info(f"{source.dataset_name}: {loader.samples_per_epoch} samples per epoch per rank, "
+                       f"{loader.dropped_per_epoch} left out by drop_last")
     return loader

@@ -8,6 +8,7 @@ training device.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from pathlib import Path
@@ -94,15 +95,6 @@ def check_file(path: Path, shown: str) -> None:
         raise VideoReadError(shown, "file is empty (0 bytes)")
 
 
-def _shown_path(path: Path, root: Optional[PathLike]) -> str:
-    if root is not None:
-        try:
-            return str(path.relative_to(root))
-        except ValueError:
-            pass
-    return str(path)
-
-
 def read_frames(
     path: PathLike,
     num_frames: int,
@@ -110,7 +102,7 @@ def read_frames(
     fix_start: Optional[int] = None,
     size: Optional[int] = None,
     *,
-    root: Optional[PathLike] = None,
+    name: Optional[str] = None,
     num_threads: int = 1,
     generator: Optional[torch.Generator] = None,
     backend: str = "pyav",
@@ -120,21 +112,20 @@ def read_frames(
     With ``size`` the central square of each frame is scaled to ``size`` x ``size``
     (the short side scaled to ``size``, then centre-cropped); with ``size=None`` frames
     keep their native size. Images (by extension) come back as one-frame clips
-    ``[1, 3, H, W]``. ``root`` only shortens the path shown in errors. Raises
+    ``[1, 3, H, W]``. ``name`` is how errors show the file (default: its path). Raises
     ``VideoReadError`` for anything unreadable.
 
     ``backend="pyav"`` (default) decodes with ``sparse_decode``: only the GOPs and
     reference frames the sampled frames need, only those frames converted to RGB; files
     it cannot index by timestamp (variable frame rate) fall back to decord.
     ``backend="decord"`` decodes with decord, scaled while decoding when ``size`` is
-    given (short side to ``size``). Measured on 2 s clips (benchmarks/loader_throughput.py)
-    the sparse path decodes 1.4-1.6x faster than decord; both give the same pixels.
+    given (short side to ``size``); both give the same pixels.
     """
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return read_image(path, size=size, root=root)
-    return read_chosen_frames(path, _sampler(num_frames, mode, fix_start, generator), size, root=root,
-                              num_threads=num_threads, backend=backend)
+        return read_image(path, size=size, name=name)
+    choose = functools.partial(_sample, num_frames, mode, fix_start, generator)
+    return read_chosen_frames(path, choose, size, name=name, num_threads=num_threads, backend=backend)
 
 
 def read_chosen_frames(
@@ -142,7 +133,7 @@ def read_chosen_frames(
     choose: Callable[[int], list[int]],
     size: Optional[int] = None,
     *,
-    root: Optional[PathLike] = None,
+    name: Optional[str] = None,
     num_threads: int = 1,
     backend: str = "pyav",
 ) -> torch.Tensor:
@@ -154,7 +145,7 @@ def read_chosen_frames(
     """
     _check_backend(backend)
     path = Path(path)
-    shown = _shown_path(path, root)
+    shown = name or str(path)
     check_file(path, shown)
     return _decode_chosen(str(path), shown, choose, size, num_threads, backend)
 
@@ -178,7 +169,8 @@ def decode_frames(
     _check_backend(backend)
     if len(data) == 0:
         raise VideoReadError(name, "no bytes (empty video)")
-    return _decode_chosen(data, name, _sampler(num_frames, mode, fix_start, generator), size, num_threads, backend)
+    choose = functools.partial(_sample, num_frames, mode, fix_start, generator)
+    return _decode_chosen(data, name, choose, size, num_threads, backend)
 
 
 def _check_backend(backend: str) -> None:
@@ -186,31 +178,21 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be 'decord' or 'pyav', got {backend!r}")
 
 
-def _sampler(num_frames: int, mode: SampleMode, fix_start: Optional[int],
-             generator: Optional[torch.Generator]) -> Callable[[int], list[int]]:
-    def choose(length: int) -> list[int]:
-        return sample_frame_indices(length, num_frames, mode, fix_start, generator)
-
-    return choose
+def _sample(num_frames: int, mode: SampleMode, fix_start: Optional[int], generator: Optional[torch.Generator],
+            length: int) -> list[int]:
+    return sample_frame_indices(length, num_frames, mode, fix_start, generator)
 
 
 def _decode_chosen(media: Media, shown: str, choose: Callable[[int], list[int]], size: Optional[int],
                    num_threads: int, backend: str) -> torch.Tensor:
     """Decode a video from a path or its bytes (``shown`` names it in errors)."""
-    frames = None
-    chosen: list[int] = []
-
-    def remember(length: int) -> list[int]:
-        chosen[:] = choose(length)
-        return chosen
-
+    decoded = None
     if backend == "pyav":
         try:
-            frames = decode_sampled_frames(media, remember, num_threads)
+            decoded = decode_sampled_frames(media, choose, num_threads)
         except Exception as error:  # PyAV raises av.error.* (OSError subclasses)
             raise VideoReadError(shown, pyav_cause(error)) from error
-    if frames is None:
-        frames = _read_frames_decord(media, shown, remember, num_threads, size)
+    frames, chosen = decoded if decoded is not None else _read_frames_decord(media, shown, choose, num_threads, size)
     if frames.ndim != 4 or frames.shape[0] != len(chosen) or frames.shape[-1] != 3:
         raise VideoReadError(shown, f"decoder returned frames of shape {frames.shape}")
     return _square(frames, size)
@@ -225,7 +207,8 @@ def _native_size(media: Media) -> tuple[int, int]:
         return stream.codec_context.height, stream.codec_context.width
 
 
-def _read_frames_decord(media: Media, shown: str, choose, num_threads: int, size: Optional[int]) -> np.ndarray:
+def _read_frames_decord(media: Media, shown: str, choose, num_threads: int,
+                        size: Optional[int]) -> tuple[np.ndarray, list[int]]:
     try:
         import decord
 
@@ -240,11 +223,11 @@ def _read_frames_decord(media: Media, shown: str, choose, num_threads: int, size
             raise VideoReadError(shown, "video has no frames")
         indices = choose(len(reader))
         try:
-            return reader.get_batch(indices).asnumpy()
+            return reader.get_batch(indices).asnumpy(), indices
         except decord.DECORDError as error:
             if "size must exactly match" not in str(error):
                 raise
-            return _read_frames_sequential(media, indices)  # a width decord mangles
+            return _read_frames_sequential(media, indices), indices  # a width decord mangles
     except VideoReadError:
         raise
     except Exception as error:  # decord raises RuntimeError/DECORDError with C++ text
@@ -286,17 +269,15 @@ def _read_frames_sequential(media: Media, indices: list[int]) -> np.ndarray:
     return np.stack([decoded[i] for i in indices])
 
 
-def read_image(
-    path: PathLike, size: Optional[int] = None, *, root: Optional[PathLike] = None
-) -> torch.Tensor:
+def read_image(path: PathLike, size: Optional[int] = None, *, name: Optional[str] = None) -> torch.Tensor:
     """Read an image (any format PIL knows, extension or not) as a one-frame clip.
 
     JPEGs are decoded at a reduced scale when ``size`` allows it (PIL's draft mode), then
     centre-cropped and resized like video frames: uint8 ``[1, 3, size, size]`` (native
-    size if None).
+    size if None). ``name`` is how errors show the file (default: its path).
     """
     path = Path(path)
-    shown = _shown_path(path, root)
+    shown = name or str(path)
     check_file(path, shown)
     return _decode_image(path, shown, size)
 

@@ -16,6 +16,7 @@ i.e. ``device_iterations`` optimizer steps on the device.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from ..data.datamodule import RunLoader
 from . import pipeline
 from .options import IPUOptions, build_options, resolve_accumulation
 from .precision import IPUPrecision, IPUPrecisionName
@@ -54,6 +56,12 @@ def load_poptorch(emulator: bool = False) -> ModuleType:
         return importlib.import_module("poptorch")
     except ImportError as err:
         raise ModuleNotFoundError(MISSING_POPTORCH) from err
+
+
+@functools.lru_cache(maxsize=None)
+def _with_pass_hook(loader_class: type) -> type:
+    """``loader_class`` calling ``on_start()`` where each pass starts, as the DataModule's own loaders do."""
+    return type(f"Run{loader_class.__name__}", (RunLoader, loader_class), {})
 
 
 def _only_frames_changed(before: list[tuple[int, ...]], after: list[tuple[int, ...]]) -> bool:
@@ -273,11 +281,18 @@ class IPUStrategy(Strategy):
         if not training:
             self._infer_micro = int(micro)
         sampler = getattr(batch_sampler, "sampler", dataloader.sampler)
-        return self.poptorch.DataLoader(
+        plain = (torch.utils.data.RandomSampler, torch.utils.data.SequentialSampler)
+        order = {} if isinstance(sampler, plain) else {"sampler": sampler}  # e.g. the DataModule's epoch-keyed order
+        on_start = getattr(dataloader, "on_start", None)  # the DataModule's pass hook (run state, skip counts)
+        loader_class = self.poptorch.DataLoader if on_start is None else _with_pass_hook(self.poptorch.DataLoader)
+        loader = loader_class(
             options, dataloader.dataset, batch_size=micro, shuffle=isinstance(sampler, torch.utils.data.RandomSampler),
             num_workers=dataloader.num_workers, collate_fn=dataloader.collate_fn,
-            drop_last=training, worker_init_fn=dataloader.worker_init_fn,
+            drop_last=training, worker_init_fn=dataloader.worker_init_fn, **order,
         )
+        if on_start is not None:
+            loader.on_start = on_start
+        return loader
 
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
         """Run the module's/DataModule's transfer hooks on the host (augmentation happens here)."""

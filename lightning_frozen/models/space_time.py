@@ -59,17 +59,15 @@ class DividedAttention(nn.Module):
       ``scaled_dot_product_attention``, i.e. flash/cuDNN/efficient kernels on CUDA (bf16
       and fp32) and the fused kernel on CPU. The CLS query reads the same buffer with a
       key mask that keeps one CLS slot, so it needs no copy of its own.
-    * Time (groups of F frames + CLS, tiny): fused SDPA kernels work in 64-128 row tiles
-      and waste nearly all of them on 5-token groups (on an H100, cuDNN flash on these
-      groups took 12% of the forward and 20% of the backward time), so the scores are batched matmuls
-      ``[F, F]`` per group with the CLS key's score as one more column, the softmax runs
-      in fp32 and the CLS value joins through ``baddbmm``. The CLS query's scores over all
-      tokens are one more matmul. Under torch.compile these small ops fuse.
+    * Time (groups of F frames + CLS, tiny): fused SDPA kernels work in 64-128 row tiles and
+      waste nearly all of them on 5-token groups, so the scores are batched matmuls ``[F, F]``
+      per group with the CLS key's score as one more column, the softmax runs in fp32 and the
+      CLS value joins through ``baddbmm``. The CLS query's scores over all tokens are one more
+      matmul. Under torch.compile these small ops fuse.
 
-    On a CPU the tower is bound by its linear layers (about 80% of a training step), so
-    the fast path saves little there per block (about 4% of a step); most of the CPU gain is
-    `SpaceTimeTransformer.forward` skipping the last block's work that cannot reach the CLS
-    output.
+    On a CPU the tower is bound by its linear layers, so the attention path matters little
+    there; what saves CPU time is `SpaceTimeTransformer.forward` skipping the last block's work
+    that cannot reach the CLS output (benchmarks/model_throughput.py measures both).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0):

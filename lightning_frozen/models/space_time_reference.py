@@ -1,10 +1,10 @@
 """The straightforward divided space-time attention: the baseline the fast path is held to.
 
-This is how the video tower computed before the fast path (and how the published code
-computes, up to its einsum): every group gets its own copy of the CLS key and value, and the
-tokens go through layout round trips on the way in and out. Tests compare the fast path with
-it (forward and gradients) and benchmarks time both; the model itself never runs it. It uses
-the tower's own modules and parameters, so one set of weights serves both paths.
+It computes as the published code does (up to its einsum): every group gets its own copy of
+the CLS key and value, and the tokens go through layout round trips on the way in and out.
+Tests compare the fast path with it (forward and gradients) and benchmarks time both; the
+model itself never runs it. It uses the tower's own modules and parameters, so one set of
+weights serves both paths.
 """
 from __future__ import annotations
 

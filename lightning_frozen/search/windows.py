@@ -104,7 +104,7 @@ def decode_video(root: Path, relative: str, settings: EmbeddingSettings) -> Deco
             record.frames = count
             return window_frame_indices(spans, settings.frames)
 
-        frames = read_chosen_frames(path, choose, settings.decode_size, root=root)
+        frames = read_chosen_frames(path, choose, settings.decode_size, name=relative)
     except VideoReadError as error:
         record.error = error.cause or str(error)
         return DecodedVideo(record, None)

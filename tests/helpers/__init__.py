@@ -31,15 +31,21 @@ def tiny_config(tmp_path: Path, data_root: Path, text_dir: str, stages: Optional
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
                     "num_sanity_val_steps": 0, "default_root_dir": str(tmp_path), "callbacks": callbacks,
                     **trainer},
-        "model": {"video": dict(TINY_VIDEO),
+        "model": {"video": dict(TINY_VIDEO, num_frames=2),  # also the data's frames per clip
                   "text": {"name_or_path": text_dir, "pretrained": False,
                            "config_overrides": {"num_hidden_layers": 1}},
                   "projection_dim": 16, "lr": 1e-3},
         "data": {"train_datasets": train, "train_batch_sizes": sizes,
                  "val_datasets": [{**dataset, "init_args": {**dataset["init_args"], "split": "test"}}],
                  "test_datasets": [{**dataset, "init_args": {**dataset["init_args"], "split": "test"}}],
-                 "eval_batch_size": 3, "input_res": 32, "max_length": 16, "num_frames": 2},
+                 "eval_batch_size": 3, "input_res": 32, "max_length": 16},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def frames(dataset, num_frames: int):
+    """`dataset`, reading clips of `num_frames` frames (in its own run state, as a DataModule would set it)."""
+    dataset.run_state.set_num_frames(num_frames)
+    return dataset

@@ -57,7 +57,7 @@ def test_curriculum_switches_frames_writes_stage_checkpoints_and_resumes(tmp_pat
     assert names == ["stage0-1f-best.ckpt", "stage0-1f-last.ckpt", "stage1-2f-best.ckpt", "stage1-2f-last.ckpt"]
     best0 = torch.load(stages / "stage0-1f-best.ckpt", weights_only=True)
     assert best0["epoch"] == 0
-    assert best0["hyper_parameters"]["video"]["num_frames"] == 4  # plain dicts: weights_only loads work
+    assert best0["hyper_parameters"]["video"]["num_frames"] == 2  # plain dicts: weights_only loads work
     stage0_digests = {p.name: _digest(p) for p in stages.glob("stage0-*")}
     curves = tmp_path / "checkpoints" / "curves.png"  # next to the first ModelCheckpoint's (Lightning's default)
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
+from lightning_frozen.data import RunState
 from lightning_frozen.data.collate import TextVideoCollator
 from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -21,20 +22,27 @@ WORDS = "a man is cooking pasta in a small kitchen while a dog watches".split()
 
 
 class TinyVideoDataset(Dataset):
-    """Items in the dataset contract; pixels depend only on (index, frame).
+    """Items in the dataset contract; pixels depend only on (index, frame); frames per clip from a run state.
 
     ``skip_every`` > 0 pretends that every such item failed to load and was replaced
     (lax loading), counting it like the real datasets do: in shared memory, so counts
-    from worker processes reach the main process. ``set_epoch`` calls are recorded.
+    from worker processes reach the main process.
     """
 
     def __init__(self, length: int = 6, size: int = 40, num_frames: int = 2, skip_every: int = 0,
                  name: Optional[str] = None) -> None:
-        self.length, self.size, self.num_frames, self.skip_every = length, size, num_frames, skip_every
+        self.length, self.size, self.skip_every = length, size, skip_every
+        self.run_state = RunState(num_frames=num_frames)
         if name is not None:
             self.name = name
         self._skips = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self.epochs = []
+
+    def use_run_state(self, run_state: RunState) -> None:
+        self.run_state = run_state
+
+    @property
+    def num_frames(self) -> int:
+        return self.run_state.num_frames
 
     @property
     def num_skipped(self) -> int:
@@ -42,9 +50,6 @@ class TinyVideoDataset(Dataset):
 
     def reset_skipped(self) -> None:
         self._skips.zero_()
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epochs.append(epoch)
 
     def __len__(self) -> int:
         return self.length
@@ -64,11 +69,10 @@ class TinyVideoDataset(Dataset):
 
 
 class TinyImageDataset(TinyVideoDataset):
-    """One-frame clips and no ``num_frames`` attribute (like an image dataset)."""
+    """One-frame clips, whatever the run state says (like an image dataset)."""
 
     def __init__(self, length: int = 9, size: int = 48) -> None:
         super().__init__(length=length, size=size, num_frames=1)
-        del self.num_frames
 
     def frames(self, index: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(1000 + index)
@@ -92,10 +96,11 @@ class Recorder(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.train_batches, self.val_batches, self.epoch_skips = [], [], []
+        self.train_batches, self.val_batches, self.epoch_skips, self.data_epochs = [], [], [], []
 
     def training_step(self, batch, batch_idx):
         self.train_batches.append(batch)
+        self.data_epochs.append(self.trainer.datamodule.run_state.epoch)
         return self.w.sum()
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
@@ -178,7 +183,7 @@ def test_collate_errors_and_pickling(tokenizer):
 def test_batch_through_on_after_batch_transfer(tokenizer):
     ds = TinyVideoDataset(length=5, size=40, num_frames=2)
     dm = FrozenDataModule(train_datasets=[ds], train_batch_sizes=[2], val_datasets=[ds], tokenizer=TOKENIZER_DIR,
-                          input_res=40, eval_batch_size=3)
+                          input_res=40, eval_batch_size=3, num_frames=2)
     dm.setup("fit")
     batch = next(iter(dm.val_dataloader()))
     out = dm.on_after_batch_transfer(batch, 0)  # no trainer attached: evaluation transform
@@ -218,17 +223,19 @@ def test_fit_joint_batches_train_and_eval_transforms():
     torch.testing.assert_close(val_batch["video"], expected, rtol=0, atol=0)
 
 
-def test_set_num_frames_changes_later_batches():
+def test_the_run_state_sets_frames_of_later_batches_in_running_workers():
     videos, images = TinyVideoDataset(num_frames=2), TinyImageDataset()
-    dm = FrozenDataModule(train_datasets=[videos, images], train_batch_sizes=2, tokenizer=TOKENIZER_DIR)
+    dm = FrozenDataModule(train_datasets=[videos, images], train_batch_sizes=2, tokenizer=TOKENIZER_DIR, num_frames=2,
+                          num_workers=1, persistent_workers=True)
     dm.setup("fit")
-    first = {k: next(iter(dl))["video"].shape[1] for k, dl in dm.train_dataloader().items()}
-    dm.set_num_frames(4)
-    later = {k: next(iter(dl))["video"].shape[1] for k, dl in dm.train_dataloader().items()}
+    loaders = dm.train_dataloader()
+    first = {k: next(iter(dl))["video"].shape[1] for k, dl in loaders.items()}
+    dm.run_state.set_num_frames(4)
+    later = {k: next(iter(dl))["video"].shape[1] for k, dl in loaders.items()}  # the same workers
     assert first == {"tinyvideodataset": 2, "tinyimagedataset": 1}
     assert later == {"tinyvideodataset": 4, "tinyimagedataset": 1}
     with pytest.raises(ValueError, match="num_frames"):
-        dm.set_num_frames(0)
+        dm.run_state.set_num_frames(0)
 
 
 def test_mismatched_lengths_and_missing_data_errors():
@@ -242,7 +249,7 @@ def test_mismatched_lengths_and_missing_data_errors():
                          tokenizer=TOKENIZER_DIR)
     with pytest.raises(ValueError, match="eval_batch_size must be a positive batch size; got -1"):
         FrozenDataModule(eval_batch_size=-1, tokenizer=TOKENIZER_DIR)
-    with pytest.raises(ValueError, match="num_frames must be >= 1 .*got 0"):
+    with pytest.raises(ValueError, match="frames per clip must be >= 1 .*got 0"):
         FrozenDataModule(num_frames=0, tokenizer=TOKENIZER_DIR)
     dm = FrozenDataModule(train_datasets=[TinyVideoDataset()], tokenizer=TOKENIZER_DIR)
     with pytest.raises(ValueError, match="val_datasets"):
@@ -250,7 +257,7 @@ def test_mismatched_lengths_and_missing_data_errors():
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_skip_counts_and_set_epoch_per_epoch(num_workers):
+def test_skip_counts_and_the_data_epoch_per_epoch(num_workers):
     # 6 items, every other one "skipped": 3 skips per epoch, restarted each epoch, the same
     # with the counting done in (persistent) worker processes.
     train = TinyVideoDataset(length=6, skip_every=2)
@@ -260,7 +267,7 @@ def test_skip_counts_and_set_epoch_per_epoch(num_workers):
     model = Recorder()
     _trainer(max_epochs=2, num_sanity_val_steps=1).fit(model, datamodule=dm)
     assert model.epoch_skips == [{"train/tinyvideodataset": 3, "val/tinyvideodataset": 1}] * 2
-    assert train.epochs == [0, 1] and val.epochs == []  # set_epoch: training datasets, once per epoch
+    assert model.data_epochs == [0, 0, 1, 1]  # two steps an epoch
 
 
 def test_cycling_shorter_dataset_keeps_its_epoch_counts():
@@ -272,7 +279,7 @@ def test_cycling_shorter_dataset_keeps_its_epoch_counts():
     _trainer(max_epochs=1, limit_val_batches=0).fit(model, datamodule=dm)
     assert len(model.train_batches) == 4  # four steps: the short loader ran four times
     assert model.epoch_skips == [{"train/long": 0, "train/short": 8}]
-    assert short.epochs == [0]
+    assert model.data_epochs == [0] * 4
 
 
 def test_loader_survives_lightning_distributed_sampler_injection():
@@ -353,7 +360,7 @@ def test_real_datasets_joint_training_and_multi_caption_eval(tmp_path_factory):
     small = dict(num_train=6, num_test=3, num_frames_per_video=8, size=(32, 48), fps=8)
     msrvtt = make_synthetic_dataset(tmp_path_factory.mktemp("dm") / "msrvtt", "msrvtt", broken=True, **small)
     cc3m = make_synthetic_dataset(tmp_path_factory.mktemp("dm") / "cc3m", "cc3m", **small)
-    train_videos = MSRVTT(msrvtt, split="train", frame_size=32, loading="lax", num_frames=1)
+    train_videos = MSRVTT(msrvtt, split="train", frame_size=32, loading="lax")
     train_images = ConceptualCaptions3M(cc3m, split="train", frame_size=32)
     full_test = MSRVTT(msrvtt, cut="full", split="test", frame_size=32, loading="lax")
     dm = FrozenDataModule(train_datasets=[train_videos, train_images], train_batch_sizes=[5, 3],
@@ -406,3 +413,29 @@ def test_module_docstring_yaml_example_instantiates(tmp_path_factory, tmp_path, 
     assert dm.names["train"] == ["webvid", "cc3m"] and dm.train_batch_sizes == [16, 64]
     dm.setup("fit")
     assert dm.datasets["train"][0].num_frames == 4
+
+
+@pytest.mark.parametrize("save_on", ["epoch_end", "mid_epoch"])
+def test_resume_continues_the_right_data_epoch(tmp_path, save_on):
+    # A checkpoint from after an epoch's last batch continues with the next epoch's data (Lightning builds
+    # the loaders before it moves its own epoch on); one from mid-epoch continues that epoch.
+    def datamodule():
+        return FrozenDataModule(train_datasets=[TinyVideoDataset(length=6)], train_batch_sizes=[2],
+                                tokenizer=TOKENIZER_DIR, input_res=32, num_frames=2)
+
+    every = dict(every_n_epochs=1) if save_on == "epoch_end" else dict(every_n_train_steps=2)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, **every)
+    whole = Recorder()
+    _trainer(max_epochs=2, limit_val_batches=0).fit(whole, datamodule=datamodule())
+    assert whole.data_epochs == [0, 0, 0, 1, 1, 1]
+    _trainer(max_epochs=1, limit_val_batches=0, enable_checkpointing=True, callbacks=[checkpoint]).fit(
+        Recorder(), datamodule=datamodule())
+    saved = sorted(tmp_path.glob("*.ckpt"))[0 if save_on == "epoch_end" else -1]
+    resumed = Recorder()
+    _trainer(max_epochs=2, limit_val_batches=0).fit(resumed, datamodule=datamodule(), ckpt_path=saved)
+    seen = [b["meta"]["index"] for b in resumed.train_batches]
+    if save_on == "epoch_end":
+        assert resumed.data_epochs == [1, 1, 1]
+        assert seen == [b["meta"]["index"] for b in whole.train_batches[3:]]  # epoch 1's order, whole
+    else:  # saved after step 2 of epoch 0 (the last batch of an epoch of 3 is step 3)
+        assert resumed.data_epochs == [0, 1, 1, 1] and seen == [b["meta"]["index"] for b in whole.train_batches[2:]]

@@ -9,6 +9,7 @@ from helpers import tiny_config
 
 from lightning_frozen.cli import run_cli
 from lightning_frozen.data import MSRVTT, WebVid
+from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.synthetic import make_synthetic_dataset
 from lightning_frozen.module import FrozenModule
 
@@ -127,9 +128,15 @@ def test_max_length_beyond_the_text_model_positions_fails_before_the_first_step(
 
 
 def test_more_frames_than_the_temporal_embedding_fails_before_the_first_step(tmp_path, tiny_msrvtt, text_dir):
+    # The CLI takes the data's frames per clip from the model; in Python they can disagree.
     config = tiny_config(tmp_path, tiny_msrvtt, text_dir, max_steps=2)
-    with pytest.raises(ValueError, match="reads 8 frames per clip but model.video.num_frames is 4"):
-        _fit_cli(config, "--data.num_frames", "8")
+    cli = run_cli(["--config", str(config)], run=False)
+    datamodule = FrozenDataModule(train_datasets=cli.datamodule.datasets["train"], train_batch_sizes=4,
+                                  tokenizer=text_dir, input_res=32, max_length=16, num_frames=8)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="reads 8 frames per clip but model.video.num_frames is 2"):
+        trainer.fit(cli.model, datamodule=datamodule)
 
 
 def test_monitor_never_logged_is_an_error_listing_the_logged_keys(tmp_path, tiny_msrvtt, text_dir):

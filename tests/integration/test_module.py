@@ -85,7 +85,7 @@ def test_init_from_inflates_temporal_embedding(tmp_path, tiny_msrvtt, text_dir):
     cli = run_cli(["--config", str(config), "--model.init_from", str(path)], run=False)
     cli.model.configure_model()
     te = cli.model.model.video_model.temporal_embed.detach()
-    assert te.shape == (1, 4, 32)
+    assert te.shape == (1, 2, 32)  # tiny_config: 2 frames
     assert torch.equal(te[:, :1], one_frame.model.video_model.temporal_embed.detach())
     assert torch.count_nonzero(te[:, 1:]) == 0
     assert torch.equal(cli.model.model.vid_proj[0].weight, one_frame.model.vid_proj[0].weight)

@@ -6,12 +6,11 @@ import textwrap
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import TINY_VIDEO
+from helpers import TINY_VIDEO, frames
 from litdata.streaming.cache import Cache
 
 from lightning_frozen.callbacks import FrameCurriculum
 from lightning_frozen.data import WebVid, read_frames, read_image
-from lightning_frozen.data.base import sample_generator
 from lightning_frozen.data.collate import named_batches
 from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.streaming import StreamingImageText, StreamingLoader, StreamingVideoText
@@ -46,43 +45,41 @@ def test_bytes_decode_to_the_pixels_of_the_file(webvid_shards, cc3m_shards, back
 
 def test_streamed_items_are_the_file_datasets_items(webvid_shards, tmp_path):
     src, shards, summary = webvid_shards
-    stream = StreamingVideoText(str(shards), num_frames=3, frame_size=32, cache_dir=str(tmp_path), name="webvid")
+    stream = frames(StreamingVideoText(str(shards), frame_size=32, cache_dir=str(tmp_path), name="webvid"), 3)
     loader = StreamingLoader(stream, batch_size=4, num_workers=2, collate_fn=_items)
     items = [item for batch in loader for item in batch]
     assert sorted(i["meta"]["index"] for i in items) == list(range(summary.samples))  # each sample once
     captions = dict(zip(WebVid(src).records["path"], WebVid(src).records["captions"]))
     for item in items:
         meta = item["meta"]
-        # LitData's first epoch is 1; the randomness is the item's, wherever it is read.
-        generator = sample_generator(0, 1, meta["index"], 0)
+        # The randomness is the item's (run seed, dataset seed, epoch, position, attempt), wherever it is read.
+        generator = stream.run_state.generator(0, 0, meta["index"], 0)
         expected = read_frames(src / meta["path"], 3, "rand", size=32, generator=generator)
         assert torch.equal(item["video"], expected), meta
         assert item["text"] == captions[meta["path"]][0] and meta["dataset"] == "webvid"
         assert meta["path"].endswith(meta["id"] + ".mp4")
-    # Random access draws the same (epoch 1 outside a loader too).
+    # Random access draws the same.
     assert torch.equal(stream[items[0]["meta"]["index"]]["video"], items[0]["video"])
 
 
 def test_frame_count_changes_in_running_workers_and_each_pass_calls_on_start(webvid_shards, tmp_path):
     _, shards, _ = webvid_shards
-    stream = StreamingVideoText(str(shards), num_frames=2, frame_size=32, cache_dir=str(tmp_path))
+    stream = frames(StreamingVideoText(str(shards), frame_size=32, cache_dir=str(tmp_path)), 2)
     starts = []
     loader = StreamingLoader(stream, batch_size=1, num_workers=2, persistent_workers=True,
                              on_start=lambda: starts.append(len(starts)), collate_fn=_items)
-    frames = []
+    counts = []
     for step, (item,) in enumerate(loader):
-        frames.append(item["video"].shape[0])
+        counts.append(item["video"].shape[0])
         if step == 5:
-            stream.set_num_frames(4)  # what the curriculum does at a stage change
-    assert frames[:6] == [2] * 6 and frames[-8:] == [4] * 8  # items read after the change, same workers
+            stream.run_state.set_num_frames(4)  # what the curriculum does at a stage change
+    assert counts[:6] == [2] * 6 and counts[-8:] == [4] * 8  # items read after the change, same workers
     assert {item["video"].shape[0] for (item,) in loader} == {4} and starts == [0, 1]  # next pass: on_start again
-    with pytest.raises(ValueError, match="num_frames must be >= 1"):
-        stream.set_num_frames(0)
 
 
 def test_loader_state_loads_without_unpickling_objects(webvid_shards, tmp_path):
     _, shards, _ = webvid_shards
-    stream = StreamingVideoText(str(shards), num_frames=1, frame_size=16, cache_dir=str(tmp_path), subsample=0.5)
+    stream = frames(StreamingVideoText(str(shards), frame_size=16, cache_dir=str(tmp_path), subsample=0.5), 1)
     loader = StreamingLoader(stream, batch_size=2, num_workers=1, collate_fn=_items)
     next(iter(loader))
     torch.save(loader.state_dict(), tmp_path / "state.pt")
@@ -105,8 +102,8 @@ def test_an_undecodable_sample_is_replaced_from_its_chunk_and_counted(webvid_sha
     clips = [(src / p).read_bytes() for p in _good_paths(src)[:8]]
     clips[2] = clips[7] = b"\x00\x01garbage" * 100  # in the first chunk, and the last item of the stream
     _write_shards(tmp_path / "shards", clips, chunk_size=4)
-    options = dict(num_frames=2, frame_size=16, cache_dir=str(tmp_path / "cache"), shuffle=False)
-    stream = StreamingVideoText(str(tmp_path / "shards"), **options)
+    options = dict(frame_size=16, cache_dir=str(tmp_path / "cache"), shuffle=False)
+    stream = frames(StreamingVideoText(str(tmp_path / "shards"), **options), 2)
     loader = StreamingLoader(stream, batch_size=4, collate_fn=_items)
     got = [item["meta"]["index"] for batch in loader for item in batch]
     # As many items as samples: 2 -> 3 (next in its chunk), 7 -> 4 (the chunk 4..7 wraps around).
@@ -144,11 +141,11 @@ def _config(tmp_path, text_dir, webvid, cc3m) -> str:
           init_args:
             train_datasets:
               - class_path: lightning_frozen.data.streaming.StreamingVideoText
-                init_args: {{input_dir: {webvid}, cache_dir: {tmp_path}/cache/w, num_frames: 2, frame_size: 32,
-                             name: webvid}}
+                init_args: {{input_dir: {webvid}, cache_dir: {tmp_path}/cache/w, frame_size: 32, name: webvid}}
               - class_path: lightning_frozen.data.streaming.StreamingImageText
                 init_args: {{input_dir: {cc3m}, cache_dir: {tmp_path}/cache/c, frame_size: 32}}
             train_batch_sizes: [2, 3]
+            num_frames: 2
             tokenizer: {text_dir}
             num_workers: 2
             input_res: 32
@@ -214,9 +211,8 @@ class _Loaders(pl.Callback):
 
 def test_frame_curriculum_over_a_stream_rebuilds_no_loader(webvid_shards, tmp_path, text_dir):
     _, shards, _ = webvid_shards
-    train = StreamingVideoText(str(shards), num_frames=4, frame_size=32, cache_dir=str(tmp_path / "t"))
-    val = StreamingVideoText(str(shards), split="test", num_frames=4, frame_size=32, cache_dir=str(tmp_path / "v"),
-                             subsample=0.5)
+    train = StreamingVideoText(str(shards), frame_size=32, cache_dir=str(tmp_path / "t"))
+    val = StreamingVideoText(str(shards), split="test", frame_size=32, cache_dir=str(tmp_path / "v"), subsample=0.5)
     datamodule = FrozenDataModule(train_datasets=[train], train_batch_sizes=4, val_datasets=[val], eval_batch_size=6,
                                   tokenizer=text_dir, num_workers=2, persistent_workers=True, input_res=32,
                                   max_length=16)

@@ -25,9 +25,9 @@ def _module(text_dir: str) -> FrozenModule:
 
 
 def _datamodule(shards: str, cache: str, text_dir: str) -> FrozenDataModule:
-    stream = StreamingVideoText(shards, num_frames=2, frame_size=32, cache_dir=cache)
+    stream = StreamingVideoText(shards, frame_size=32, cache_dir=cache)
     return FrozenDataModule(train_datasets=[stream], train_batch_sizes=BATCH, tokenizer=text_dir, num_workers=2,
-                            input_res=32, max_length=16)
+                            input_res=32, max_length=16, num_frames=2)
 
 
 def _gradients(module: FrozenModule, datamodule: FrozenDataModule, batch: dict) -> tuple[float, dict]:

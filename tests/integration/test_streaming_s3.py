@@ -47,9 +47,9 @@ def test_shard_to_s3_and_train_from_s3(s3_server, webvid_shards, tmp_path, text_
     assert (tmp_path / "work" / "shard_report.json").is_file()
 
     cache = tmp_path / "cache"
-    stream = StreamingVideoText("s3://frozen/webvid/train", num_frames=2, frame_size=32, cache_dir=str(cache))
+    stream = StreamingVideoText("s3://frozen/webvid/train", frame_size=32, cache_dir=str(cache))
     datamodule = FrozenDataModule(train_datasets=[stream], train_batch_sizes=4, tokenizer=text_dir, num_workers=2,
-                                  input_res=32, max_length=16)
+                                  input_res=32, max_length=16, num_frames=2)
     torch.manual_seed(0)
     model = FrozenModule(video=dict(TINY_VIDEO, num_frames=2), projection_dim=16,
                          text=dict(name_or_path=text_dir, pretrained=False, config_overrides={"num_hidden_layers": 1}))

@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import frames
 from torch.utils.data import DataLoader
 
 from lightning_frozen.data import (
     MSRVTT,
     ConceptualCaptions3M,
+    RunState,
     VideoFolder,
     VideoReadError,
     WebVid,
@@ -59,7 +61,7 @@ def check_item(item, frames, size, dataset):
 
 
 def test_msrvtt_train_draws_one_of_the_video_captions(msrvtt):
-    ds = MSRVTT(msrvtt, cut="jsfusion", split="train", num_frames=2, frame_size=32)
+    ds = frames(MSRVTT(msrvtt, cut="jsfusion", split="train", frame_size=32), 2)
     assert len(ds) == NUM_TRAIN + len(BROKEN_KINDS) and ds.mode == "rand"
     captions = captions_by_video(msrvtt)
     item = ds[1]
@@ -68,31 +70,30 @@ def test_msrvtt_train_draws_one_of_the_video_captions(msrvtt):
     assert item["text"] in captions["video1"]
     drawn = set()
     for epoch in range(30):
-        ds.set_epoch(epoch)
+        ds.run_state.begin_epoch(epoch)
         drawn.add(ds[1]["text"])
     assert len(drawn) > 3  # a random caption per epoch
 
 
-def test_item_randomness_depends_on_run_seed_epoch_and_position_only(msrvtt, monkeypatch):
+def test_item_randomness_depends_on_run_seed_epoch_and_position_only(msrvtt):
     """Exact resume: an item is the same whatever was read before it and whichever worker reads it."""
-    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
-    ds = MSRVTT(msrvtt, cut="jsfusion", split="train", num_frames=4, frame_size=32)
+    ds = MSRVTT(msrvtt, cut="jsfusion", split="train", frame_size=32)
+    ds.use_run_state(RunState(seed=7, num_frames=4))
     forward = [ds[i] for i in range(NUM_TRAIN)]
     torch.manual_seed(123)  # the global RNG plays no part
     backward = [ds[i] for i in reversed(range(NUM_TRAIN))][::-1]
     for a, b in zip(forward, backward):
         assert torch.equal(a["video"], b["video"]) and a["text"] == b["text"]
-    ds.set_epoch(1)
+    ds.run_state.begin_epoch(1)
     other_epoch = [ds[i] for i in range(NUM_TRAIN)]
     assert any(not torch.equal(a["video"], b["video"]) for a, b in zip(forward, other_epoch))
-    ds.set_epoch(0)
-    monkeypatch.setenv("PL_GLOBAL_SEED", "8")
+    ds.use_run_state(RunState(seed=8, num_frames=4))
     other_seed = [ds[i] for i in range(NUM_TRAIN)]
     assert any(not torch.equal(a["video"], b["video"]) for a, b in zip(forward, other_seed))
 
 
 def test_msrvtt_jsfusion_test_uses_the_caption_index(msrvtt):
-    ds = MSRVTT(msrvtt, cut="jsfusion", split="test", num_frames=3, frame_size=None)
+    ds = frames(MSRVTT(msrvtt, cut="jsfusion", split="test", frame_size=None), 3)
     captions = captions_by_video(msrvtt)
     with open(msrvtt / "high-quality/structured-symlinks/jsfusion_val_caption_idx.pkl", "rb") as f:
         index = pickle.load(f)  # our own generated file
@@ -103,7 +104,7 @@ def test_msrvtt_jsfusion_test_uses_the_caption_index(msrvtt):
 
 
 def test_msrvtt_full_test_keeps_every_caption(msrvtt):
-    ds = MSRVTT(msrvtt, cut="full", split="test", num_frames=1, frame_size=32)
+    ds = frames(MSRVTT(msrvtt, cut="full", split="test", frame_size=32), 1)
     item = ds[0]
     assert isinstance(item["text"], list) and len(item["text"]) == 20 == ds.max_captions
     assert item["text"] == captions_by_video(msrvtt)[item["meta"]["id"]]
@@ -143,13 +144,17 @@ def test_msrvtt_missing_files_are_named(msrvtt, tmp_path):
         MSRVTT(tmp_path, cut="jsfusion")
 
 
-def test_num_frames_can_change_between_epochs(msrvtt):
-    ds = MSRVTT(msrvtt, split="train", num_frames=1, frame_size=32)
+def test_frames_per_clip_follow_the_run_state_and_its_schedule(msrvtt):
+    ds = frames(MSRVTT(msrvtt, split="train", frame_size=32), 1)
     assert ds[0]["video"].shape[0] == 1
-    ds.set_num_frames(4)
+    ds.run_state.set_num_frames(4)
     assert ds[0]["video"].shape[0] == 4
     with pytest.raises(ValueError, match="num_frames"):
-        ds.set_num_frames(0)
+        ds.run_state.set_num_frames(0)
+    ds.run_state.set_schedule(lambda epoch: 1 if epoch < 2 else 2)  # a frame curriculum
+    assert ds.num_frames == 1 and ds.run_state.epoch == 0
+    ds.run_state.begin_epoch(2)
+    assert ds[0]["video"].shape[0] == 2
 
 
 @pytest.mark.parametrize("kind", BROKEN_KINDS)
@@ -188,7 +193,7 @@ def test_lax_skip_count_survives_worker_processes(msrvtt):
 
 
 def test_lax_gives_up_with_a_clear_error_when_everything_is_broken(msrvtt):
-    ds = MSRVTT(msrvtt, split="train", frame_size=32, loading="lax", max_skip_attempts=3)
+    ds = MSRVTT(msrvtt, split="train", frame_size=32, loading="lax", max_replace_attempts=3)
     with pytest.raises(RuntimeError, match="unreadable"):
         ds[NUM_TRAIN]
 
@@ -204,18 +209,18 @@ def test_subsample_and_max_samples(msrvtt):
     capped = MSRVTT(msrvtt, split="train", frame_size=32, max_samples=4)
     assert len(capped) == 4
     epoch0 = [capped._record_index(i) for i in range(4)]
-    capped.set_epoch(1)
+    capped.run_state.begin_epoch(1)
     epoch1 = [capped._record_index(i) for i in range(4)]
     assert len(set(epoch0)) == 4 and epoch0 != epoch1
-    capped.set_epoch(0)
+    capped.run_state.begin_epoch(0)
     assert [capped._record_index(i) for i in range(4)] == epoch0
 
 
-def test_persistent_workers_follow_set_epoch(msrvtt):
+def test_persistent_workers_follow_the_run_state_epoch(msrvtt):
     # Workers keep their own copy of the dataset across epochs; the epoch's subset must still
-    # follow set_epoch in the main process.
+    # follow the run state's epoch, written in the main process.
     class Undecoded(MSRVTT):  # which records are drawn is the point here, not their pixels
-        def _read(self, path, generator):
+        def _decode(self, record, generator):
             return torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
 
     capped = Undecoded(msrvtt, split="train", max_samples=4)
@@ -223,14 +228,14 @@ def test_persistent_workers_follow_set_epoch(msrvtt):
                                          collate_fn=lambda items: [item["meta"]["id"] for item in items])
     ids = list(capped.records["id"])
     for epoch in (0, 1, 2):
-        capped.set_epoch(epoch)
+        capped.run_state.begin_epoch(epoch)
         (batch,) = list(loader)
         order = np.random.default_rng([capped.seed, epoch]).permutation(len(ids))[:4]
         assert batch == [ids[i] for i in order]
 
 
 def test_webvid_layout(webvid):
-    ds = WebVid(webvid, split="train", num_frames=2, frame_size=32, max_caption_words=3)
+    ds = frames(WebVid(webvid, split="train", frame_size=32, max_caption_words=3), 2)
     table = pd.read_csv(webvid / "metadata/results_2M_train.csv", dtype=str)
     item = ds[2]
     check_item(item, 2, 32, "webvid")
@@ -252,7 +257,7 @@ def test_webvid_reports_missing_columns(webvid, tmp_path):
 
 
 def test_cc3m_layout(cc3m):
-    ds = ConceptualCaptions3M(cc3m, split="train", frame_size=32, num_frames=4)
+    ds = frames(ConceptualCaptions3M(cc3m, split="train", frame_size=32), 4)
     table = pd.read_csv(cc3m / "metadata/cc3m_training_success_full.tsv", sep="\t")
     item = ds[0]
     check_item(item, 1, 32, "cc3m")  # images are one-frame clips whatever num_frames says

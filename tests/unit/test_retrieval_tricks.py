@@ -3,6 +3,7 @@ each against an independent computation."""
 import numpy as np
 import pytest
 import torch
+from helpers import frames
 from torch.utils.data import DataLoader
 
 from lightning_frozen.data import MSRVTT, read_frames
@@ -55,7 +56,7 @@ def test_repeated_video_ids_are_averaged_before_scoring():
 
 
 def test_multiclip_reads_each_video_at_every_offset_of_its_intervals(tiny_msrvtt):
-    dataset = MSRVTT(tiny_msrvtt, cut="jsfusion", split="test", frame_size=32, num_frames=2)
+    dataset = frames(MSRVTT(tiny_msrvtt, cut="jsfusion", split="test", frame_size=32), 2)
     clips = MultiClip(dataset, stride=2)
     # 8-frame videos, 2 intervals of 4 frames: offsets 0 and 2
     assert len(clips) == 2 * len(dataset) and clips.indices[:4] == [0, 0, 1, 1]
@@ -71,5 +72,5 @@ def test_multiclip_reads_each_video_at_every_offset_of_its_intervals(tiny_msrvtt
     for direct, loaded in zip((clips[i] for i in range(4)), batch):
         torch.testing.assert_close(loaded["video"], direct["video"])
     assert not torch.equal(batch[0]["video"], batch[1]["video"])  # offsets 0 and 2 of one video differ
-    dataset.set_num_frames(4)  # 4 intervals of 2 frames: offset 0 only
+    dataset.run_state.set_num_frames(4)  # 4 intervals of 2 frames: offset 0 only
     assert len(clips) == len(dataset)

@@ -154,7 +154,7 @@ def broken(tmp_path, videos):
 )
 def test_unreadable_files_raise_video_read_error_naming_them(broken, name, cause, backend):
     with pytest.raises(VideoReadError, match=cause) as info:
-        read_frames(broken / name, 4, "uniform", size=32, root=broken, backend=backend)
+        read_frames(broken / name, 4, "uniform", size=32, name=name, backend=backend)
     assert info.value.path == name  # shown relative to the root
     assert name in str(info.value)
 
