@@ -117,19 +117,22 @@ def run_jobs(jobs: list[Job], report: Report, budget_s: Optional[float], cleanup
     return True
 
 
-def top_ops(averages: Any, on_device: bool, steps: int, top: int = 12) -> dict[str, Any]:
-    """The `top` operations of a ``torch.profiler`` run by self time: the GPU's kernels (and copies)
-    when `on_device`, else the CPU's operators; per step, with their share of the total."""
-    def self_us(event: Any) -> float:
-        if not on_device:
-            return event.self_cpu_time_total
+def profile_summary(averages: Any, cuda: bool, steps: int, top: int = 12) -> dict[str, Any]:
+    """Where the time of `steps` profiled steps went (``torch.profiler``'s ``key_averages()``): the
+    `top` CPU operators and, on CUDA, the `top` GPU kernels (and copies) by self time, per step,
+    with their share of the total."""
+    def summary(self_us: Callable[[Any], float]) -> dict[str, Any]:
+        timed = sorted((pair for pair in ((self_us(e), e) for e in averages) if pair[0] > 0), key=lambda p: -p[0])
+        total = sum(t for t, _ in timed) or 1.0
+        return {"total_ms_per_step": total / steps / 1000,
+                "top": [{"name": e.key[:160], "calls_per_step": e.count / steps, "ms_per_step": t / steps / 1000,
+                         "share": t / total} for t, e in timed[:top]]}
+
+    def device_us(event: Any) -> float:
         value = getattr(event, "self_device_time_total", None)  # torch < 2.4: self_cuda_time_total
         return getattr(event, "self_cuda_time_total", 0.0) if value is None else value
 
-    timed = [(self_us(e), e) for e in averages]
-    timed = sorted(((t, e) for t, e in timed if t > 0), key=lambda pair: -pair[0])
-    total = sum(t for t, _ in timed) or 1.0
-    return {"clock": "gpu kernels" if on_device else "cpu operators", "steps": steps,
-            "total_ms_per_step": total / steps / 1000,
-            "top": [{"name": e.key[:160], "calls_per_step": e.count / steps, "ms_per_step": t / steps / 1000,
-                     "share": t / total} for t, e in timed[:top]]}
+    out = {"steps": steps, "cpu_operators": summary(lambda e: e.self_cpu_time_total)}
+    if cuda:
+        out["gpu_kernels"] = summary(device_us)
+    return out

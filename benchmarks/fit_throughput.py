@@ -34,10 +34,11 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, HERE):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
-from cell_runner import top_ops  # noqa: E402
+from cell_runner import profile_summary  # noqa: E402
 
 FETCH_ACTION = "train_dataloader_next"  # Lightning's name for the loop's wait on the DataLoader
 PRECISIONS = {"bf16": ("bf16-mixed", "high"), "tf32": ("32-true", "high"), "fp32": ("32-true", "highest")}
@@ -97,8 +98,8 @@ class FitClock(pl.Callback):
         if self._profiler is not None and self.step == self.warmup + self.timed + self.profile_steps - 1:
             self._now(trainer)
             self._profiler.stop()
-            self.figures["profile"] = top_ops(self._profiler.key_averages(),
-                                              trainer.strategy.root_device.type == "cuda", self.profile_steps)
+            self.figures["profile"] = profile_summary(self._profiler.key_averages(),
+                                                      trainer.strategy.root_device.type == "cuda", self.profile_steps)
             self._profiler = None
         self.step += 1
 

@@ -11,9 +11,10 @@
 # loader benchmark's share at the end; default 45), --skip-loader, --deps-only (install what is
 # missing, then stop), --require MOD[,MOD] (more modules that must import).
 #
-# Each part runs under `timeout -s INT -k 10`: SIGINT lets the model benchmark record the cell it
-# was in and stop; a process that ignores it is killed 10 s later. The model benchmark rewrites its
-# JSON after every cell, so a part cut short keeps the cells it finished.
+# Each part runs under `timeout -s INT -k`, timed so that even its SIGKILL comes before the deadline:
+# SIGINT lets the model benchmark record the cell it was in and stop; a process that ignores it is
+# killed 10 s later. The model benchmark rewrites its JSON after every cell, so a part cut short
+# keeps the cells it finished.
 #
 # The GPU machine has no network and may lack some of our dependencies: modules that do not import
 # are installed from the wheels in benchmarks/wheels/ (or $WHEELS) with `pip install --no-index
@@ -140,7 +141,10 @@ if [[ $DEPS_ONLY -eq 1 ]]; then echo "gpu.sh: dependencies ready (PYTHONPATH=$PY
 
 PLAN=(--plan gpu)
 for arg in "${MODEL_ARGS[@]}"; do [[ "$arg" == "--cells" || "$arg" == "--plan" ]] && PLAN=(); done
-MODEL_LIMIT=$(at_least 1 $(($(left) - (LOADER_OK ? LOADER_S : 0))))  # `timeout 0` would mean no limit
+# SIGINT at the limit, SIGKILL 10 s later: by the deadline less the loader's share, which it keeps only
+# when that leaves the model cells twice as much (`timeout 0` would mean no limit)
+RESERVE=$((LOADER_OK && $(left) >= 3 * LOADER_S ? LOADER_S : 0))
+MODEL_LIMIT=$(at_least 1 $(($(left) - 10 - RESERVE)))
 MODEL_BUDGET=$(at_least 0 $((BUDGET - SECONDS)))
 echo "gpu.sh: model cells start within $MODEL_BUDGET s and stop within $MODEL_LIMIT s"
 timeout -s INT -k 10 "$MODEL_LIMIT" \
@@ -148,10 +152,10 @@ timeout -s INT -k 10 "$MODEL_LIMIT" \
     "${QUICK[@]}" --json "$OUT_DIR/model_throughput_gpu.json" "${MODEL_ARGS[@]}" \
     || echo "gpu.sh: the model run stopped early (exit $?); the cells it finished are in its JSON"
 
-if [[ $LOADER_OK -eq 1 && $(left) -ge 15 ]]; then
+if [[ $LOADER_OK -eq 1 && $(left) -ge 20 ]]; then
     LOADER_ARGS=(--videos 2 --clips 8 --rounds 1 --workers 14)
     [[ ${#QUICK[@]} -gt 0 ]] && LOADER_ARGS=(--videos 1 --clips 2 --rounds 1 --workers 2)
-    timeout -s INT -k 5 "$(left)" \
+    timeout -s INT -k 5 "$(($(left) - 5))" \
         "$PYTHON" "$HERE/loader_throughput.py" "${LOADER_ARGS[@]}" --out "$OUT_DIR/loader_throughput.json" \
         || echo "gpu.sh: the loader benchmark stopped early (exit $?)"
 else

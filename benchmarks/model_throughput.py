@@ -69,7 +69,7 @@ for folder in (ROOT, HERE):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from cell_runner import Job, Report, progress, run_jobs, top_ops  # noqa: E402
+from cell_runner import Job, Report, profile_summary, progress, run_jobs  # noqa: E402
 
 from lightning_frozen.losses import NormSoftmaxLoss  # noqa: E402
 from lightning_frozen.models import FrozenInTime  # noqa: E402
@@ -561,7 +561,7 @@ def check_targets(targets: tuple[tuple[str, str, float], ...], figures: dict[str
 
 
 def profile_cell(p: Prepared, bench: Bench) -> dict[str, Any]:
-    """Where the time of a few more steps goes (``torch.profiler``): the top GPU kernels, or CPU operators."""
+    """Where the time of a few more steps goes (``torch.profiler``): the top CPU operators and GPU kernels."""
     cuda = bench.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     steps = bench.profile_steps()
@@ -569,7 +569,7 @@ def profile_cell(p: Prepared, bench: Bench) -> dict[str, Any]:
         for _ in range(steps):
             p.step()
         synchronize(bench.device)
-    return top_ops(prof.key_averages(), cuda, steps)
+    return profile_summary(prof.key_averages(), cuda, steps)
 
 
 def run_group(cells: list[Cell], bench: Bench) -> list[dict[str, Any]]:
