@@ -9,6 +9,8 @@ Training input is 4 frames at 224 px. Each pipeline is timed in two parts:
     "ours-decord" is the same with ``backend="decord"`` (decord scaling while decoding);
     "torchcodec" (only when it is installed; it needs the system's FFmpeg libraries)
     decodes the same frames with torchcodec's CPU decoder, then squares them as ours does.
+  The baseline and "ours-decord" run only where decord is installed (the GPU machine's
+  wheels leave it out); without it the speed-up columns are empty.
 * augment: RandomResizedCrop(224, scale 0.5-1) + horizontal flip + normalise.
   - baseline: torchvision transforms on float, per clip, in the worker.
   - ours: kornia on a float batch of clips (on the training device in real runs; here
@@ -123,9 +125,15 @@ def torchcodec_decode(path: Path) -> torch.Tensor:
     return _square(decoder.get_frames_at(indices).data.numpy(), DECODE_SIZE)
 
 
+def has_decord() -> bool:
+    return importlib.util.find_spec("decord") is not None
+
+
 def decoders() -> dict[str, Callable[[Path], torch.Tensor]]:
-    """Our pipelines' decode functions; torchcodec's only where it is installed."""
-    out = {"ours": ours_decode, "ours-decord": ours_decord_decode}
+    """Our pipelines' decode functions; decord's and torchcodec's only where they are installed."""
+    out = {"ours": ours_decode}
+    if has_decord():
+        out["ours-decord"] = ours_decord_decode
     if importlib.util.find_spec("torchcodec") is not None:
         out["torchcodec"] = torchcodec_decode
     return out
@@ -154,10 +162,12 @@ def measure(paths: list[Path], clips: int, batch: int) -> dict[str, float]:
     """Seconds per clip for each part of both pipelines."""
     order = [paths[i % len(paths)] for i in range(clips)]
     base_aug, our_aug = baseline_augment(), ours_augment()
-    decoded_base = [baseline_decode(p) for p in order[:batch]]
     decoded_ours = torch.stack([ours_decode(p) for p in order[:batch]])
-    result = {"baseline_decode": time_per_clip(baseline_decode, order),
-              "baseline_augment": time_per_clip(base_aug, decoded_base)}
+    result = {}
+    if has_decord():
+        decoded_base = [baseline_decode(p) for p in order[:batch]]
+        result = {"baseline_decode": time_per_clip(baseline_decode, order),
+                  "baseline_augment": time_per_clip(base_aug, decoded_base)}
     for name, decode in decoders().items():
         result[f"{name}_decode"] = time_per_clip(decode, order)
     with torch.no_grad():
@@ -201,17 +211,18 @@ def median_rounds(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def rows_for(source: str, height: int, t: dict[str, float], reference: dict[str, float]) -> list[dict]:
-    base_worker = 1 / (reference["baseline_decode"] + reference["baseline_augment"])
+    base = "baseline_decode" in reference
+    base_worker = 1 / (reference["baseline_decode"] + reference["baseline_augment"]) if base else None
     rows = []
-    for name in ("baseline", *decoders()):
+    for name in ("baseline", *decoders()) if base else decoders():
         decode, augment = t[f"{name}_decode"], t[f"{name}_augment"]
         worker = 1 / (decode + augment) if name == "baseline" else 1 / decode
         rows.append({
             "source": source, "height": height, "pipeline": name,
             "decode_ms": 1000 * decode, "augment_ms": 1000 * augment,
             "worker_clips_per_s": worker, "all_cpu_clips_per_s": 1 / (decode + augment),
-            "worker_speedup_vs_raw_baseline": worker / base_worker,
-            "all_cpu_speedup_vs_raw_baseline": (1 / (decode + augment)) / base_worker,
+            "worker_speedup_vs_raw_baseline": worker / base_worker if base else None,
+            "all_cpu_speedup_vs_raw_baseline": (1 / (decode + augment)) / base_worker if base else None,
         })
     return rows
 
@@ -254,10 +265,13 @@ def main(argv=None) -> dict:
               f"{'x base':>7} {'all-CPU clips/s':>15} {'x base':>7}")
     print(header)
     print("-" * len(header))
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     for r in rows:
         print(f"{r['source']:9} {r['height']:>6} {r['pipeline']:11} {r['decode_ms']:9.1f} {r['augment_ms']:7.1f} "
-              f"{r['worker_clips_per_s']:14.1f} {r['worker_speedup_vs_raw_baseline']:7.2f} "
-              f"{r['all_cpu_clips_per_s']:15.1f} {r['all_cpu_speedup_vs_raw_baseline']:7.2f}")
+              f"{r['worker_clips_per_s']:14.1f} {ratio(r['worker_speedup_vs_raw_baseline']):>7} "
+              f"{r['all_cpu_clips_per_s']:15.1f} {ratio(r['all_cpu_speedup_vs_raw_baseline']):>7}")
     print(f"prepare_videos: {2 * args.videos} clips in {prepare_seconds:.1f} s")
     loaders = []
     if args.workers:
@@ -276,7 +290,7 @@ def main(argv=None) -> dict:
                      "rounds": args.rounds, "torch_threads": 1},
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "cpus": __import__("os").cpu_count(),
-                    "torchcodec": importlib.util.find_spec("torchcodec") is not None},
+                    "torchcodec": importlib.util.find_spec("torchcodec") is not None, "decord": has_decord()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
