@@ -125,7 +125,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_O
 
 ensure "the model benchmark" torch timm transformers || exit 1
 # `lightning-frozen fit` (the fit cells): without these those cells fail on their own, the rest runs
-ensure "the fit cells" pytorch_lightning jsonargparse docstring_parser typeshed_client av kornia litdata torchdata \
+ensure "the fit cells" pytorch_lightning jsonargparse docstring_parser typeshed_client av kornia torchdata \
     || echo "gpu.sh: the fit cells will fail"
 LOADER_OK=0
 if [[ $SKIP_LOADER -eq 0 ]] && ensure "the loader benchmark" av kornia numpy; then LOADER_OK=1; fi
