@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install test test-unit demo demo-ipu clean-demo
+.PHONY: install test test-unit docs demo demo-ipu clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,15 +19,21 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# Layers only point down (import-linter contract in setup.cfg), lint rules in pyproject.toml, then the suite.
+# Layers only point down (import-linter contract in setup.cfg), lint rules in pyproject.toml, the documentation
+# site builds strictly (broken links, missing pages and docstrings that do not render fail), then the suite.
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .site
 	$(BIN)/python -m pytest -q
 
 # The fast tier alone (no Trainer, no subprocess): about a minute.
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# The documentation site at http://127.0.0.1:8000 (docs/, mkdocs.yml).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 demo: $(STAMP)
 	$(BIN)/lightning-frozen demo

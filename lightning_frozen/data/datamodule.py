@@ -173,17 +173,22 @@ class FrozenDataModule(pl.LightningDataModule):
         train_datasets: training datasets; every step takes one batch from each.
         train_batch_sizes: one batch size per training dataset (same order), or one
             int for all.
-        val_datasets, test_datasets: evaluation datasets (one DataLoader each, in order;
-            ``dataloader_idx`` in the model's steps follows this order).
+        val_datasets: validation datasets (one DataLoader each, in order; ``dataloader_idx``
+            in the model's steps follows this order).
+        test_datasets: test datasets, likewise.
         predict_dataset: dataset for ``trainer.predict`` (items may lack ``text``).
         tokenizer: Hugging Face tokenizer name or local directory, loaded on first use with
             ``lightning_frozen.tokenizer.build_tokenizer`` (same rules as the text tower).
-        max_length, padding: see ``TextVideoCollator``.
+        max_length: captions' token limit (see ``TextVideoCollator``).
+        padding: "longest" or "max_length" (static shapes; see ``TextVideoCollator``).
         eval_batch_size: batch size of validation, test and predict loaders.
-        num_workers, persistent_workers: DataLoader workers per dataset
-            (``persistent_workers`` is ignored when ``num_workers`` is 0).
+        num_workers: DataLoader workers per dataset.
+        persistent_workers: keep the workers between passes (ignored when ``num_workers`` is 0).
         pin_memory: ``None`` pins when CUDA is available.
-        input_res, crop_scale, hflip, color_jitter: see ``VideoTransform``.
+        input_res: the side of the square clips the model sees (see ``VideoTransform``).
+        crop_scale: area range of the training crop.
+        hflip: random horizontal flips in training.
+        color_jitter: colour jitter strength in training (None: off).
         num_frames: frames per clip of every dataset (a frame curriculum schedules it by epoch);
             the CLI takes it from ``model.video.num_frames``.
         seed: the run's seed, which every sample's frames and caption and every epoch's order
