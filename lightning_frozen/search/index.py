@@ -273,7 +273,6 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
         existing.check_same(manifest, out)
     from ..data.datamodule import FrozenDataModule
     from ..tokenizer import build_tokenizer
-    from .text import damaged_file, save_text_side
     from .writer import IndexWriter
 
     tokenizer = build_tokenizer(text["name"])
@@ -282,16 +281,7 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
         trainer = _trainer(devices, accelerator, writer)  # Lightning checks the devices here, before any write
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
-        existing = check_out_folder(out, str(root))  # again: another run may have made it before this one locked
-        if existing is not None:
-            existing.check_same(manifest, out)
-        intact = existing is not None and existing.tokenizer == manifest.tokenizer and \
-            damaged_file(out, existing.files) is None
-        manifest.files = existing.files if intact else {}
-        manifest.write(out)  # the marker first: a run killed from here on leaves a folder the next run resumes
-        if not intact:
-            manifest.files = save_text_side(out, model, tokenizer, manifest.tokenizer)
-            manifest.write(out)
+        _claim(out, manifest, model, tokenizer)
         db = store.connect(out)
         try:
             store.set_complete(db, False)
@@ -311,6 +301,24 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
             db.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _claim(out: Path, manifest: Manifest, model: Any, tokenizer: Any) -> None:
+    """Under the lock: check the folder again (another run may have made it meanwhile), write the
+    manifest first (a run killed from here on leaves a folder the next run resumes), then the
+    query side if it is missing, damaged or of other tokenizer settings."""
+    from .text import damaged_file, save_text_side
+
+    existing = check_out_folder(out, manifest.videos_root)
+    if existing is not None:
+        existing.check_same(manifest, out)
+    intact = existing is not None and existing.tokenizer == manifest.tokenizer and \
+        damaged_file(out, existing.files) is None
+    manifest.files = existing.files if intact else {}
+    manifest.write(out)
+    if not intact:
+        manifest.files = save_text_side(out, model, tokenizer, manifest.tokenizer)
+        manifest.write(out)
 
 
 def _model_config(module: Any) -> dict:

@@ -113,13 +113,13 @@ def build_parser() -> Parser:
 
 def listen(host: str, port_number: int) -> socket.socket:
     """A socket bound and listening, or one message naming the address and the fix."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port_number))
         sock.listen(2048)
     except OSError as error:
+        sock.close()
         raise OSError(f"cannot listen on {host}:{port_number}: {error.strerror or error}; choose another --port "
                       "(or --port 0 for any free one), or stop what is using it") from None
     return sock
@@ -130,18 +130,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     bank = read_bank(args.qb_norm_bank) if args.qb_norm_bank else None
-    query_threads()
-    index = Index(args.index)
+    sock = listen(args.host, args.port)  # first: a port in use is said before the model loads
     try:
-        for note in index.notes:
-            print(f"note: {note}", file=sys.stderr)
-        if bank:
-            index.set_query_bank(bank)
-        sock = listen(args.host, args.port)
-        bound = sock.getsockname()[1]
-        print(f"serving {len(index)} windows of {index.manifest.videos_root} at http://{args.host}:{bound}/",
-              flush=True)
-        uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning")).run(sockets=[sock])
+        query_threads()
+        index = Index(args.index)
+        try:
+            for note in index.notes:
+                print(f"note: {note}", file=sys.stderr)
+            if bank:
+                index.set_query_bank(bank)
+            print(f"serving {len(index)} windows of {index.manifest.videos_root} at "
+                  f"http://{args.host}:{sock.getsockname()[1]}/", flush=True)
+            uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning")).run(sockets=[sock])
+        finally:
+            index.close()
     finally:
-        index.close()
+        sock.close()
     return 0

@@ -187,7 +187,10 @@ def connect(folder: PathLike) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")   # readers (search, serve) never block the writer
         db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a kill loses no committed transaction
         db.executescript(_SCHEMA)
-    except sqlite3.DatabaseError as error:
+    except sqlite3.OperationalError:
+        db.close()
+        raise  # locked, busy, no permission: not damage
+    except sqlite3.DatabaseError as error:  # not a database, malformed
         db.close()
         raise DamagedIndexError(f"'{path}' is damaged ({error}): delete it and run `lightning-frozen index` again "
                                 "(the videos are embedded anew)") from None

@@ -155,14 +155,25 @@ def this_rank_share(paths: list[str]) -> list[str]:
     return paths
 
 
+class ClosedGroup:
+    """The records of a group of videos, carried by the group's last window item: one plain object,
+    which Lightning's batch transfer passes on as it is instead of walking and copying every field
+    of every record (thumbnails included) at each batch."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[VideoRecord]):
+        self.records = records
+
+
 class WindowBatches(IterableDataset):
     """The readable videos of ``paths`` as batches of window items, for ``Trainer.predict``.
 
     Videos are decoded in order (``num_workers`` processes), gathered into groups of whole
     videos (``groups``), and each group is cut into batches of ``batch_size`` windows from its
     start, so a batch's windows never depend on where a run started. The group's last item
-    carries the records of its videos in ``meta["records"]``: the prediction writer commits
-    them once their embeddings are in. Unreadable videos yield nothing; ``index`` records
+    carries the records of its videos (``meta["closes"]``, a ``ClosedGroup``): the prediction
+    writer commits them once their embeddings are in. Unreadable videos yield nothing; ``index`` records
     them after the run. Each item's ``meta["frames"]`` names the video frames its clip holds:
     a per-frame video tower can encode each distinct frame of a batch once. Under DDP each
     rank takes its share of the videos (``this_rank_share``).
@@ -185,10 +196,10 @@ class WindowBatches(IterableDataset):
             for video in group:
                 for position, (clip, frames) in enumerate(zip(video.clips, video.frames)):
                     meta = {"id": f"{video.record.path}#{position}", "path": video.record.path, "index": count,
-                            "frames": frames, "records": []}
+                            "frames": frames, "closes": None}
                     items.append({"video": clip, "meta": meta})
                     count += 1
-            items[-1]["meta"]["records"] = [video.record for video in group]
+            items[-1]["meta"]["closes"] = ClosedGroup([video.record for video in group])
             for first in range(0, len(items), self.batch_size):
                 yield items[first:first + self.batch_size]
 

@@ -37,14 +37,14 @@ class IndexWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: dict[str, Any],
                            batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
-        for path, vector, records in zip(prediction["paths"], prediction["video"].numpy(), batch["meta"]["records"]):
+        for path, vector, group in zip(prediction["paths"], prediction["video"].numpy(), batch["meta"]["closes"]):
             self._windows.setdefault(path, []).append(vector)
-            if records:  # the last window of a group: every video of it is embedded
-                for record in records:
+            if group is not None:  # the last window of a group: every video of it is embedded
+                for record in group.records:
                     record.embeddings = np.stack(self._windows.pop(record.path))
-                store.commit_videos(self._db, records)
+                store.commit_videos(self._db, group.records)
                 if self._bar is not None:
-                    self._bar.update(len(records))
+                    self._bar.update(len(group.records))
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._db.close()

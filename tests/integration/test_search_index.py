@@ -136,12 +136,12 @@ def test_index_cli_kill_at_any_moment_then_rerun_equals_one_run(tmp_path, ckpt):
     subprocess.run([*command, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
     killed_at = []
     for kill_after in (1, 6):  # commits seen before the kill
-        process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
         database = tmp_path / "killed" / "index.sqlite"
         while process.poll() is None:
             try:
-                with sqlite3.connect(database, timeout=0.05) as db:
+                with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.05) as db:  # creates nothing
                     done = db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
             except sqlite3.Error:
                 done = 0
@@ -149,8 +149,8 @@ def test_index_cli_kill_at_any_moment_then_rerun_equals_one_run(tmp_path, ckpt):
                 process.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)
-        process.wait()
-        assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        output = process.communicate()[0]
+        assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{output[-2000:]}"
         with sqlite3.connect(database) as db:
             killed_at.append(db.execute("SELECT COUNT(*) FROM videos").fetchone()[0])
     assert all(0 < n < 15 for n in killed_at)
