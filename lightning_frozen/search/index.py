@@ -97,6 +97,7 @@ def scan_folder(root: Path, follow_links: bool) -> tuple[dict[str, tuple[int, in
 
     for directory, folders, files in os.walk(root, followlinks=follow_links):
         here = Path(directory)
+        folders.sort()  # walked in name order: a folder reached twice is always indexed under the same path
         if follow_links:
             stat = os.stat(here)
             if (stat.st_dev, stat.st_ino) in walked:
@@ -275,22 +276,22 @@ def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] 
     from ..tokenizer import build_tokenizer
     from .writer import IndexWriter
 
+    def datamodule(paths: list[str]) -> FrozenDataModule:
+        return FrozenDataModule(predict_dataset=WindowBatches(root, paths, settings, batch_size, num_workers),
+                                tokenizer=text["name"], max_length=text["max_length"], padding=text["padding"],
+                                input_res=settings.input_res, eval_batch_size=batch_size)
+
+    datamodule([])  # checks the data settings, as the tokenizer and Lightning the devices, before any write
     tokenizer = build_tokenizer(text["name"])
     writer = IndexWriter(out, progress)
     with _lightning_quiet():
-        trainer = _trainer(devices, accelerator, writer)  # Lightning checks the devices here, before any write
+        trainer = _trainer(devices, accelerator, writer)
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
         _claim(out, manifest, model, tokenizer)
         db = store.connect(out)
         try:
             store.set_complete(db, False)
-
-            def datamodule(paths: list[str]) -> FrozenDataModule:
-                return FrozenDataModule(predict_dataset=WindowBatches(root, paths, settings, batch_size, num_workers),
-                                        tokenizer=text["name"], max_length=text["max_length"], padding=text["padding"],
-                                        input_res=settings.input_res, eval_batch_size=batch_size)
-
             summary = _update(db, root, module, trainer, writer, datamodule, settings, follow_links)
             index = ann.load(out, db, manifest.embedding_dim, approximate_above)
             store.set_complete(db, True)

@@ -11,7 +11,6 @@ running) is searched as it is, with a note naming the command that completes it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -262,24 +261,29 @@ def read_bank(path: PathLike) -> list[str]:
     return lines
 
 
-def check_query(args: argparse.Namespace) -> None:
-    """The arguments a query cannot use, before the index is opened."""
-    if not args.query.strip():
-        raise ValueError(f"the query is empty: say what to look for, e.g. lightning-frozen search {args.index} "
-                         "\"a dog catches a frisbee\"")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    check_query(args)
-    bank = read_bank(args.qb_norm_bank) if args.qb_norm_bank else None
+def open_index(folder: PathLike, bank: Optional[Sequence[str]] = None) -> Index:
+    """An index for a command (`search`, `serve`): one thread per query, its notes on stderr, and
+    QB-Norm when a bank of captions is given."""
     query_threads()
-    index = Index(args.index)
+    index = Index(folder)
     try:
         for note in index.notes:
             print(f"note: {note}", file=sys.stderr)
         if bank:
             index.set_query_bank(bank)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.query.strip():  # said before the index is opened
+        raise ValueError(f"the query is empty: say what to look for, e.g. lightning-frozen search {args.index} "
+                         "\"a dog catches a frisbee\"")
+    index = open_index(args.index, read_bank(args.qb_norm_bank) if args.qb_norm_bank else None)
+    try:
         hits = index.search(args.query, args.k, args.per, args.aggregate)
     finally:
         index.close()

@@ -12,14 +12,13 @@ get the thumbnail and a download link. Binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 from urllib.parse import quote
 
 from .arguments import Parser, port
-from .query import Index, query_threads, read_bank
+from .query import Index, open_index, read_bank
 
 MAX_QUERY_CHARS = 300
 MAX_K = 100
@@ -132,13 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bank = read_bank(args.qb_norm_bank) if args.qb_norm_bank else None
     sock = listen(args.host, args.port)  # first: a port in use is said before the model loads
     try:
-        query_threads()
-        index = Index(args.index)
+        index = open_index(args.index, bank)
         try:
-            for note in index.notes:
-                print(f"note: {note}", file=sys.stderr)
-            if bank:
-                index.set_query_bank(bank)
             print(f"serving {len(index)} windows of {index.manifest.videos_root} at "
                   f"http://{args.host}:{sock.getsockname()[1]}/", flush=True)
             uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning")).run(sockets=[sock])
