@@ -31,18 +31,23 @@ DEFAULT_JSON = ROOT / "benchmarks" / "results" / "retrieval_tricks.json"
 
 
 @torch.no_grad()
-def test_protocol(encoder, dataset, multi_clip_stride: int, temperature: float) -> dict[str, float]:
+def test_protocol(model, dataset, multi_clip_stride: int, temperature: float) -> dict[str, float]:
     """t2v R@1 of plain, dual-softmax and multi-clip evaluation of one test split."""
     from lightning_frozen.data.multiclip import MultiClip
+    from lightning_frozen.data.transforms import VideoTransform
     from lightning_frozen.metrics import RetrievalMetrics
+    from lightning_frozen.tokenizer import build_tokenizer
+
+    transform = VideoTransform(train=False, input_res=model.video_config.geometry()["img_size"])
+    tokenizer = build_tokenizer(model.text_config.name_or_path)
 
     def embed(items):
         metric = RetrievalMetrics(dual_softmax=temperature, repeats="mean")
         for first in range(0, len(items), 50):
             batch = [items[i] for i in range(first, min(first + 50, len(items)))]
-            video = encoder.model.encode_video(encoder.transform(torch.stack([b["video"] for b in batch])))
-            tokens = encoder.tokenizer([b["text"] for b in batch], padding=True, return_tensors="pt")
-            text = encoder.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+            video = model.encode_video(transform(torch.stack([b["video"] for b in batch])))
+            tokens = tokenizer([b["text"] for b in batch], padding=True, return_tensors="pt")
+            text = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
             metric.update(text, video, torch.tensor([b["meta"]["index"] for b in batch]))
         return metric.compute()
 
@@ -57,7 +62,7 @@ def search_r1(index, captions: dict[str, str], aggregate: str = "max") -> float:
     return 100.0 * float(np.mean(hits))
 
 
-def search_tricks(encoder, root: Path, captions: dict[str, str], bank: list[str], work: Path) -> dict[str, float]:
+def search_tricks(ckpt: str, root: Path, captions: dict[str, str], bank: list[str], work: Path) -> dict[str, float]:
     """Index the test videos alone (the same gallery as the test protocol) and search their captions."""
     import shutil
 
@@ -67,9 +72,9 @@ def search_tricks(encoder, root: Path, captions: dict[str, str], bank: list[str]
     videos.mkdir(parents=True)
     for name in captions:
         shutil.copy(root / "videos" / "all" / name, videos / name)
-    build_index(videos, work / "single", encoder=encoder, progress=False)  # 4 s windows: one per 2 s clip
-    build_index(videos, work / "multi", encoder=encoder, window_seconds=1.0, stride_seconds=0.5, progress=False)
-    single, multi = Index(work / "single", encoder=encoder), Index(work / "multi", encoder=encoder)
+    build_index(videos, work / "single", ckpt, progress=False)  # 4 s windows: one per 2 s clip
+    build_index(videos, work / "multi", ckpt, window_seconds=1.0, stride_seconds=0.5, progress=False)
+    single, multi = Index(work / "single"), Index(work / "multi")
     out = {"search_one_window": search_r1(single, captions), "search_windows_max": search_r1(multi, captions, "max"),
            "search_windows_mean": search_r1(multi, captions, "mean")}
     single.set_query_bank(bank)
@@ -82,7 +87,7 @@ def search_tricks(encoder, root: Path, captions: dict[str, str], bank: list[str]
 def main(argv: Optional[list[str]] = None) -> dict:
     from lightning_frozen.data import MSRVTT
     from lightning_frozen.data.synthetic import make_synthetic_dataset
-    from lightning_frozen.search import load_encoder
+    from lightning_frozen.models import create_model
     from lightning_frozen.search.query import query_threads
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     args = parser.parse_args(argv)
     query_threads()
-    encoder = load_encoder(args.ckpt)
+    model = create_model(weights=args.ckpt).eval()
     demo = make_synthetic_dataset(args.data, "msrvtt")
     train = MSRVTT(demo, cut="jsfusion", split="train")
     rng = np.random.default_rng(0)
@@ -109,8 +114,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         for name, root in roots.items():
             dataset = MSRVTT(root, cut="jsfusion", split="test", frame_size=80)  # 4 frames: the run state's default
             captions = {Path(p).name: c[0] for p, c in zip(dataset.records["path"], dataset.records["captions"])}
-            row = test_protocol(encoder, dataset, multi_clip_stride=1, temperature=args.temperature)
-            row.update(search_tricks(encoder, root, captions, bank, Path(tmp) / f"index-{name.replace(' ', '_')}"))
+            row = test_protocol(model, dataset, multi_clip_stride=1, temperature=args.temperature)
+            row.update(search_tricks(args.ckpt, root, captions, bank, Path(tmp) / f"index-{name.replace(' ', '_')}"))
             results["sets"][name] = row
             print(name, {k: round(v, 1) for k, v in row.items()}, flush=True)
     summary = {}

@@ -7,11 +7,13 @@ index build rate and server queries/s.
 Large indexes hold random clustered embeddings (1,000 clusters, the demo model's 128
 dimensions) written as real index folders (SQLite rows, then the FAISS index rebuilt from
 them), and are searched through ``Index.search`` with the demo's text tower (the bundled
-MiniLM, first 3 layers). Beside it: the text encoding time of DistilBERT's geometry (6
-layers, 768 wide, random weights) and the search time at 256 dimensions (the published
-projection). Recall@10 compares the approximate index's top 10 windows with exact search.
-The build rate indexes synthetic videos with the demo model; the forward-only rate embeds
-the same clips already decoded. Server: 8 clients on loopback against `serve`.
+MiniLM, first 3 layers) stored in the index as `index` stores it. Beside it: the text
+encoding time of DistilBERT's geometry (6 layers, 768 wide, random weights) and the search
+time at 256 dimensions (the published projection). Recall@10 compares the approximate
+index's top 10 windows with exact search. The build rate indexes synthetic videos with the
+demo model (``Trainer.predict``, decoding included); the forward-only rate embeds the same
+clips already decoded. Server: 8 clients on loopback against `serve`. A cold `search` is
+timed by ``benchmarks/search_cold_start.py``.
 """
 from __future__ import annotations
 
@@ -39,25 +41,26 @@ QUERIES = ["a white circle moving to the left", "a red square falling", "somethi
            "a yellow diamond heading right over purple", "an orange ball sinking", "a box drifting up"]
 
 
-def demo_encoder(dim: int = 128):
-    """The demo's model (bundled MiniLM, 3 layers, mean pooling); random video tower and projections."""
+def demo_module(dim: int = 128):
+    """The demo's model (bundled MiniLM, 3 layers, mean pooling) with the text tower's pretrained weights;
+    random video tower and projections, as a FrozenModule (what `index` runs)."""
     import yaml
 
-    from lightning_frozen.models import create_model
-    from lightning_frozen.search import Encoder
+    from lightning_frozen.models import load_pretrained_towers
+    from lightning_frozen.module import FrozenModule
 
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["model"]
-    config = {"video": config["video"], "text": config["text"], "projection_dim": dim}
     torch.manual_seed(0)
-    return Encoder(create_model(config), config=config)
+    module = FrozenModule(video=config["video"], text=config["text"], projection_dim=dim)
+    load_pretrained_towers(module.model)
+    return module.eval()
 
 
-def distilbert_encoder(dim: int = 256):
+def distilbert_model(dim: int = 256):
     """DistilBERT's geometry (6 layers, 768 wide) with random weights: nothing is downloaded."""
     from transformers import DistilBertConfig, DistilBertModel
 
     from lightning_frozen.models import create_model
-    from lightning_frozen.search import Encoder
 
     model = create_model({"video": {"arch": None, "img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1,
                                     "num_heads": 2}, "text": {"name_or_path": "bundled:all-MiniLM-L6-v2",
@@ -66,7 +69,7 @@ def distilbert_encoder(dim: int = 256):
     model.text_model = DistilBertModel(DistilBertConfig())
     model.txt_proj[-1] = torch.nn.Linear(768, dim)
     model.text_config.name_or_path = "distilbert-base-uncased"  # tokenizer: the same uncased vocabulary, bundled
-    return Encoder(model)
+    return model.eval()
 
 
 def clustered(count: int, dim: int, seed: int, clusters: int = 1000) -> np.ndarray:
@@ -80,15 +83,21 @@ def clustered(count: int, dim: int, seed: int, clusters: int = 1000) -> np.ndarr
     return out
 
 
-def synthetic_index(folder: Path, vectors: np.ndarray, encoder, windows_per_video: int = 10) -> float:
-    """An index folder holding ``vectors`` as windows of fake videos; returns the FAISS build seconds."""
+def synthetic_index(folder: Path, vectors: np.ndarray, model, windows_per_video: int = 10) -> float:
+    """An index folder holding ``vectors`` as windows of fake videos, with ``model``'s text side stored
+    as `index` stores it; returns the FAISS build seconds."""
     from lightning_frozen.search import ann, store
+    from lightning_frozen.search.text import save_text_side
+    from lightning_frozen.tokenizer import build_tokenizer
 
     folder.mkdir(parents=True)
     settings = store.EmbeddingSettings(window_seconds=4.0, stride_seconds=2.0, frames=4, input_res=64,
                                        decode_size=128, thumb_size=128)
-    store.Manifest(checkpoint="synthetic", fingerprint=encoder.fingerprint, model_config=None,
-                   embedding_dim=vectors.shape[1], settings=settings, videos_root=str(folder)).write(folder)
+    tokenizer = {"max_length": None, "padding": "longest"}
+    files = save_text_side(folder, model, build_tokenizer(model.text_config.name_or_path), tokenizer)
+    store.Manifest(checkpoint="", fingerprint="synthetic", model_config={}, model_config_source=None,
+                   embedding_dim=vectors.shape[1], settings=settings, videos_root=str(folder), follow_links=False,
+                   tokenizer=tokenizer, files=files).write(folder)
     db = store.connect(folder)
     videos = (len(vectors) + windows_per_video - 1) // windows_per_video
     db.execute("BEGIN")
@@ -98,9 +107,11 @@ def synthetic_index(folder: Path, vectors: np.ndarray, encoder, windows_per_vide
                    ((i, i // windows_per_video, i % windows_per_video, 2.0 * (i % windows_per_video),
                      2.0 * (i % windows_per_video) + 4, vectors[i].tobytes()) for i in range(len(vectors))))
     store.bump_generation(db)
+    store.set_complete(db, True)
     db.execute("COMMIT")
     started = time.perf_counter()
     ann.rebuild(folder, db, vectors.shape[1])
+    store.settle(db)
     db.close()
     return time.perf_counter() - started
 
@@ -110,13 +121,13 @@ def percentiles(seconds: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
-def query_latency(index, encoder, queries: int) -> dict:
-    """Per query: encode the text, then search per video (the default)."""
+def query_latency(index, queries: int) -> dict:
+    """Per query: encode the text with the index's stored text tower, then search per video (the default)."""
     encode, total = [], []
     for i in range(queries):
         text = f"{QUERIES[i % len(QUERIES)]} {i}"
         started = time.perf_counter()
-        vector = encoder.encode_text([text])[0]
+        vector = index.encode([text])[0]
         encoded = time.perf_counter()
         index.search_vector(vector, k=10)
         total.append(time.perf_counter() - started)
@@ -143,7 +154,7 @@ def recall_at_10(index, vectors: np.ndarray, seed: int, queries: int = 100) -> f
     return found / (10 * queries)
 
 
-def search_at(size: int, dim: int, encoder, workdir: Path, queries: int) -> dict:
+def search_at(size: int, dim: int, model, workdir: Path, queries: int) -> dict:
     """Write the index (FAISS trained on all cores), then time queries as `search` and `serve` run them."""
     import faiss
 
@@ -155,34 +166,38 @@ def search_at(size: int, dim: int, encoder, workdir: Path, queries: int) -> dict
     vectors = clustered(size, dim, seed=size)
     folder = workdir / f"index_{size}_{dim}"
     started = time.perf_counter()
-    faiss_seconds = synthetic_index(folder, vectors, encoder)
-    index = Index(folder, encoder=encoder)
+    faiss_seconds = synthetic_index(folder, vectors, model)
+    index = Index(folder)
     query_threads()
     row = {"windows": size, "dim": dim, "kind": index.ann.kind, "faiss_build_s": round(faiss_seconds, 1),
            "write_and_build_s": round(time.perf_counter() - started, 1),
            "recall_at_10": round(recall_at_10(index, vectors, size), 4) if index.ann.kind != "flat" else 1.0}
-    row.update(query_latency(index, encoder, queries))
+    row.update(query_latency(index, queries))
     index.close()
     return row
 
 
-def build_rate(workdir: Path, encoder) -> dict:
-    """Index synthetic videos with the demo model; compare with embedding the decoded clips alone."""
+def build_rate(workdir: Path, module) -> dict:
+    """Index synthetic videos with the demo model (decoding in the main process, as `index` does by
+    default); compare with embedding the same clips, already decoded, alone."""
     from lightning_frozen.data.synthetic import make_synthetic_dataset
+    from lightning_frozen.data.transforms import VideoTransform
     from lightning_frozen.search import build_index
-    from lightning_frozen.search.windows import VideoWindows, stack_clips
+    from lightning_frozen.search.store import EmbeddingSettings
+    from lightning_frozen.search.windows import VideoWindows
 
     data = make_synthetic_dataset(workdir / "videos_data", "webvid", num_train=40, num_test=1,
                                   num_frames_per_video=100, size=(80, 80), seed=5)
-    summary = build_index(data / "videos", workdir / "build_index", encoder=encoder, batch_size=32, progress=False)
-    settings = json.loads((workdir / "build_index" / "manifest.json").read_text())["settings"]
-    from lightning_frozen.search.store import EmbeddingSettings
-
+    summary = build_index(data / "videos", workdir / "build_index", module=module, batch_size=32, progress=False)
+    settings = EmbeddingSettings(**json.loads((workdir / "build_index" / "manifest.json").read_text())["settings"])
     paths = sorted(p.relative_to(data / "videos").as_posix() for p in (data / "videos").rglob("*.mp4"))
-    clips = stack_clips([VideoWindows(data / "videos", paths, EmbeddingSettings(**settings))[i]
-                         for i in range(len(paths))])
+    decoded = VideoWindows(data / "videos", paths, settings)
+    clips = torch.cat([v.clips for v in (decoded[i] for i in range(len(paths))) if v.clips is not None])
+    transform = VideoTransform(train=False, input_res=settings.input_res)
     started = time.perf_counter()
-    encoder.encode_clips(clips, 32)
+    with torch.inference_mode():
+        for first in range(0, len(clips), 32):
+            module.model.encode_video(transform(clips[first:first + 32]))
     forward = len(clips) / (time.perf_counter() - started)
     return {"videos": summary.videos, "windows": summary.windows,
             "build_clips_per_s": round(summary.clips_per_second, 1),
@@ -238,12 +253,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--no-build", action="store_true", help="skip the index build rate")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     args = parser.parse_args(argv)
-    encoder = demo_encoder()
+    module = demo_module()
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "search": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for size in args.sizes:
-            row = search_at(size, 128, encoder, workdir, args.queries)
+            row = search_at(size, 128, module.model, workdir, args.queries)
             results["search"].append(row)
             print(f"{size:>9} windows  {row['kind']:<4}  p50 {row['total']['p50_ms']:6.1f} ms  p99 "
                   f"{row['total']['p99_ms']:6.1f} ms  (text {row['text_encoding']['p50_ms']:.1f} ms, search "
@@ -255,18 +270,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
               f"{results['server']['errors']} errors", flush=True)
         for name in [n for n in os.listdir(workdir) if n.startswith("index_")]:
             subprocess.run(["rm", "-rf", str(workdir / name)], check=True)
-        bert = distilbert_encoder()
-        row = search_at(largest, 256, bert, workdir, args.queries)
+        row = search_at(largest, 256, distilbert_model(), workdir, args.queries)
         results["distilbert_geometry"] = row
         print(f"DistilBERT geometry, 256-d, {largest} windows: p50 {row['total']['p50_ms']:.1f} ms, p99 "
               f"{row['total']['p99_ms']:.1f} ms (text {row['text_encoding']['p50_ms']:.1f} ms), recall@10 "
               f"{row['recall_at_10']:.3f}", flush=True)
         if not args.no_build:
-            results["build"] = build_rate(workdir, encoder)
+            results["build"] = build_rate(workdir, module)
             print(f"index build: {results['build']}", flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"written {args.json}")
+    return write_json(results, args.json)
+
+
+def write_json(results: dict, path: str) -> dict:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1))
+    print(f"written {path}")
     return results
 
 

@@ -201,11 +201,13 @@ class FrozenModule(pl.LightningModule):
         self._log_retrieval(self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        if "input_ids" not in batch:  # video-only items (a folder to search): no captions to embed
+            return self.predictions(batch, None, self.model.encode_video(batch["video"]))
         return self.predictions(batch, *self.embed_pairs(batch))
 
     @staticmethod
-    def predictions(batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> dict[str, Any]:
-        """Video and caption embeddings (L2-normalised) with their ids, for search.
+    def predictions(batch: dict[str, Any], text_emb: Optional[Tensor], video_emb: Tensor) -> dict[str, Any]:
+        """Video and caption embeddings (L2-normalised; ``text`` None for video-only items) with their ids.
 
         ``index`` (each item's position) lets the writer keep one row per video when lax
         loading handed a replacement for an unreadable one; ``skipped`` lists those.
@@ -217,7 +219,7 @@ class FrozenModule(pl.LightningModule):
             "index": [int(i) for i in meta["index"]],
             "skipped": [path for paths in meta.get("skipped", []) if paths for path in paths],
             "video": nn.functional.normalize(video_emb.float(), dim=-1).cpu(),
-            "text": nn.functional.normalize(text_emb.float(), dim=-1).cpu(),
+            "text": None if text_emb is None else nn.functional.normalize(text_emb.float(), dim=-1).cpu(),
         }
 
     # -- speed -----------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""EmbeddingWriter: what `lightning-frozen predict` leaves on disk for search."""
+"""EmbeddingWriter: what `lightning-frozen predict` leaves on disk, one file of a dataset's embeddings.
+
+Search does not read it: `lightning-frozen index` runs the same ``predict_step`` with its own
+writer (``lightning_frozen.search.writer``), which commits whole videos to the index as they come.
+"""
 from __future__ import annotations
 
 from pathlib import Path

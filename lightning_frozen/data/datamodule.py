@@ -176,7 +176,8 @@ class FrozenDataModule(pl.LightningDataModule):
         val_datasets: validation datasets (one DataLoader each, in order; ``dataloader_idx``
             in the model's steps follows this order).
         test_datasets: test datasets, likewise.
-        predict_dataset: dataset for ``trainer.predict`` (items may lack ``text``).
+        predict_dataset: dataset for ``trainer.predict`` (items may lack ``text``; a dataset with
+            ``yields_batches = True`` yields lists of items, each list one batch).
         tokenizer: Hugging Face tokenizer name or local directory, loaded on first use with
             ``lightning_frozen.tokenizer.build_tokenizer`` (same rules as the text tower).
         max_length: captions' token limit (see ``TextVideoCollator``).
@@ -288,7 +289,9 @@ class FrozenDataModule(pl.LightningDataModule):
         train = stage == "train"
         dataset = self.datasets[stage][index]
         common: Dict[str, Any] = dict(
-            batch_size=batch_size,
+            # A dataset that forms its own batches (search's windows, whole videos per commit) yields
+            # lists of items: the loader then collates each list as it comes.
+            batch_size=None if getattr(dataset, "yields_batches", False) else batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

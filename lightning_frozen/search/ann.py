@@ -18,7 +18,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -27,14 +27,14 @@ from . import store
 
 PathLike = Union[str, os.PathLike]
 
-# Measured with benchmarks/search.py on the 2-core CPU machine (128-d, one thread): exact
-# search of one query takes about 4 ms at 100k windows and grows linearly (about 40 ms at 1M,
-# most of the 50 ms budget); the IVF index answers in about 2 ms at 1M windows.
+# Exact search grows linearly with the windows; above this many the IVF index answers a query
+# well within its budget (figures: docs/search.md, benchmarks/search.py).
 APPROXIMATE_ABOVE = 200_000
 # Probes scanned per query; with nlist = 4 sqrt(N) this is about 2% of the lists.
 IVF_PROBE_SHARE = 0.02
 IVF_TRAIN_PER_LIST = 40
 STAMP = "faiss.json"
+FILES = ("faiss.index", "vectors.npy", "window_ids.npy", "video_ids.npy", STAMP)
 
 
 @dataclass
@@ -88,17 +88,49 @@ def rebuild(folder: PathLike, db: sqlite3.Connection, dim: int, approximate_abov
 
 
 def load(folder: PathLike, db: sqlite3.Connection, dim: int, approximate_above: int = APPROXIMATE_ABOVE) -> AnnIndex:
-    """The saved FAISS index; rebuilt in memory (and saved) when the rows changed since it was built."""
+    """For the writer (`index`): the saved FAISS index, rebuilt and saved when the rows changed since."""
+    saved = _read_saved(Path(folder), store.generation(db))
+    return saved if saved is not None else rebuild(folder, db, dim, approximate_above)
+
+
+def open_for_queries(folder: PathLike, db: sqlite3.Connection, dim: int) -> tuple[AnnIndex, Optional[str]]:
+    """For readers: (the saved FAISS index, None), or when it is missing, damaged or older than the
+    rows, (one built in memory from the rows, what was wrong). Readers never write the folder."""
+    folder = Path(folder)
+    saved = _read_saved(folder, store.generation(db))
+    if saved is not None:
+        return saved, None
+    window_ids, video_ids, vectors = store.load_embeddings(db, dim)
+    index, kind = make_faiss_index(vectors)
+    return AnnIndex(index, vectors, window_ids, video_ids, kind, store.generation(db)), _what_is_wrong(folder, db)
+
+
+def _what_is_wrong(folder: Path, db: sqlite3.Connection) -> str:
+    if not all((folder / name).is_file() for name in FILES):
+        return "missing"
+    try:
+        stale = json.loads((folder / STAMP).read_text())["generation"] != store.generation(db)
+    except (OSError, ValueError, KeyError, TypeError):
+        stale = False
+    return "older than index.sqlite" if stale else "damaged"
+
+
+def _read_saved(folder: Path, generation: int) -> Optional[AnnIndex]:
+    """The saved index if every file is there, readable and stamped with ``generation``; else None."""
     import faiss
 
-    folder = Path(folder)
-    stamp_path = folder / STAMP
-    stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
-    if stamp is None or stamp["generation"] != store.generation(db):
-        return rebuild(folder, db, dim, approximate_above)
-    index = faiss.read_index(str(folder / "faiss.index"))
-    if stamp["kind"] == "ivf":
-        index.nprobe = stamp["nprobe"]
-    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("vectors", "window_ids", "video_ids")}
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+        if stamp["generation"] != generation:
+            return None
+        index = faiss.read_index(str(folder / "faiss.index"))
+        if stamp["kind"] == "ivf":
+            index.nprobe = stamp["nprobe"]
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r")
+                  for name in ("vectors", "window_ids", "video_ids")}
+    except (OSError, ValueError, KeyError, RuntimeError):  # missing, truncated, not what it says (FAISS: RuntimeError)
+        return None
+    if not len(arrays["vectors"]) == len(arrays["window_ids"]) == len(arrays["video_ids"]) == index.ntotal:
+        return None
     return AnnIndex(index, arrays["vectors"], np.asarray(arrays["window_ids"]), np.asarray(arrays["video_ids"]),
                     stamp["kind"], stamp["generation"])

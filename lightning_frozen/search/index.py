@@ -2,33 +2,43 @@
 
     lightning-frozen index --ckpt runs/demo/.../stage1-4f-best.ckpt --videos my_videos --out my_index
 
-Re-running is incremental: unchanged files are skipped, new ones added, changed ones
-re-embedded, deleted ones dropped. Videos are committed in groups (one SQLite transaction
-per group of about ``--batch-size`` windows, whole videos only), and groups are formed the
-same way whether a run starts fresh or resumes, so killing it at any moment and re-running
-gives the same rows and embeddings as one uninterrupted run. Unreadable files are recorded
-with their reason, counted and listed; they never stop the run.
+Embedding is ``predict``'s own path: ``Trainer.predict(FrozenModule, FrozenDataModule)`` over
+the windows (``WindowBatches``), the DataModule's evaluation transform on the device, and a
+prediction writer that commits whole videos (on one device or several, DDP). Re-running is
+incremental: unchanged files are skipped, new ones added, changed ones re-embedded, deleted
+ones dropped. Videos are committed in groups (one SQLite transaction per group of about
+``--batch-size`` windows) formed the same way whether a run starts fresh or resumes, so killing
+it at any moment and re-running gives the same rows and embeddings as one uninterrupted run.
+Unreadable files are recorded with their reason, counted and listed; they never stop the run.
+
+The folder ``--out`` is the run's own: its manifest says what made it from which inputs, a
+lock keeps a second run out while one writes, and everything is checked before anything is
+written. Links that leave the folder are refused unless ``--follow-links``.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import hashlib
+import logging
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
-from torch.utils.data import DataLoader
-
-from ..data.folder import find_videos
+from ..data.folder import VIDEO_EXTENSIONS
 from . import ann, store
-from .encoder import Encoder, load_encoder, read_model_config
-from .store import EmbeddingSettings, Manifest
-from .windows import VideoWindows, split_embeddings, stack_clips
+from .arguments import Parser, non_negative_int, positive_float, positive_int
+from .store import EmbeddingSettings, FolderLock, Manifest, VideoRecord
+from .windows import WindowBatches, decode_video
 
 PathLike = Union[str, os.PathLike]
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 THUMB_SIZE = 128
+LINK_OUTSIDE = "a link to a file outside the indexed folder (index --follow-links follows it)"
+FOLDER_LINK_OUTSIDE = "a link to a folder outside the indexed folder (index --follow-links follows it)"
+BROKEN_LINK = "a broken link (its target does not exist)"
 
 
 @dataclass
@@ -40,6 +50,7 @@ class IndexSummary:
     embedded: int = 0          # readable videos (re)embedded by this run
     unchanged: int = 0
     removed: int = 0
+    found: int = 0             # video files (and links) under the folder
     clips_per_second: float = 0.0
     seconds: float = 0.0
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), all in the index
@@ -50,172 +61,340 @@ class IndexSummary:
                  f"{self.embedded}, kept {self.unchanged} unchanged, removed {self.removed} "
                  f"({self.clips_per_second:.1f} clips/s, {self.seconds:.1f} s)"]
         if self.unreadable:
-            lines.append(f"{len(self.unreadable)} unreadable file(s), skipped:")
+            lines.append(f"{len(self.unreadable)} file(s) could not be indexed:")
             lines += [f"  {path}: {reason}" for path, reason in self.unreadable]
         return "\n".join(lines)
 
+    def why_empty(self, root: PathLike) -> str:
+        """Why an index holds no video (for the run's exit message)."""
+        if not self.found:
+            return f"found no video files under '{root}' (looked for {', '.join(VIDEO_EXTENSIONS)})"
+        links = sum("--follow-links" in reason for _, reason in self.unreadable)
+        hint = (f"; {links} of them lead out of '{root}' through links: run again with --follow-links to index them"
+                if links else "")
+        return f"indexed no video: none of the {self.found} file(s) found could be indexed (listed above){hint}"
 
-def default_settings(encoder: Encoder, window_seconds: Optional[float] = None, stride_seconds: Optional[float] = None,
-                     frames: Optional[int] = None) -> EmbeddingSettings:
-    """Settings fitted to the model: its frame count, one frame a second per window, half-window stride."""
-    frames = frames or encoder.model.video_config.num_frames
+
+# -- what to index ------------------------------------------------------------------------------
+
+def scan_folder(root: Path, follow_links: bool) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[tuple, str]]]:
+    """(videos: relative path -> (size, mtime_ns), refused: relative path -> ((-1, mtime_ns), reason)).
+
+    Files are found by extension (``data.folder.VIDEO_EXTENSIONS``) and named by their path
+    under ``root`` as given, links included. Without ``follow_links`` a link to a file or
+    folder outside ``root`` is refused (named, with the option); with it, links are followed
+    and every folder is walked once (a link back up the tree does not loop). A refused
+    entry's size is -1, so turning the option on or off re-examines it on the next run.
+    """
+    wanted = {e.lower() for e in VIDEO_EXTENSIONS}
+    real_root = root.resolve()
+    found: dict[str, tuple[int, int]] = {}
+    refused: dict[str, tuple[tuple, str]] = {}
+    walked: set[tuple[int, int]] = set()
+
+    def refuse(path: Path, reason: str, suffix: str = "") -> None:
+        refused[path.relative_to(root).as_posix() + suffix] = ((-1, os.lstat(path).st_mtime_ns), reason)
+
+    for directory, folders, files in os.walk(root, followlinks=follow_links):
+        here = Path(directory)
+        folders.sort()  # walked in name order: a folder reached twice is always indexed under the same path
+        if follow_links:
+            stat = os.stat(here)
+            if (stat.st_dev, stat.st_ino) in walked:
+                folders[:] = []
+                continue
+            walked.add((stat.st_dev, stat.st_ino))
+        else:
+            for name in folders:
+                if (here / name).is_symlink() and not (here / name).resolve().is_relative_to(real_root):
+                    refuse(here / name, FOLDER_LINK_OUTSIDE, "/")
+        for name in files:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in wanted:
+                continue
+            if path.is_symlink() and not path.exists():
+                refuse(path, BROKEN_LINK)
+            elif path.is_symlink() and not follow_links and not path.resolve().is_relative_to(real_root):
+                refuse(path, LINK_OUTSIDE)
+            else:
+                stat = os.stat(path)
+                found[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return found, refused
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+def read_model_config(value: Optional[str]) -> Optional[dict[str, Any]]:
+    """A preset name or a YAML file (a LightningCLI config's ``model:`` section, or its keys) as a dict."""
+    from ..models import ModelConfig
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
+        import yaml
+
+        if not path.is_file():
+            raise FileNotFoundError(f"--model-config '{value}' not found")
+        data = yaml.safe_load(path.read_text()) or {}
+        data = data.get("model", data)
+        data = data.get("init_args", data)
+        return ModelConfig.from_dict(data).to_dict()
+    return ModelConfig.from_name(value).to_dict()
+
+
+def load_module(checkpoint: PathLike, model_config: Optional[str] = None) -> tuple[Any, dict]:
+    """(``FrozenModule`` holding the checkpoint's weights, the DataModule settings the checkpoint records).
+
+    The file is read once (restricted unpickler); our ``.ckpt`` records the model config, a
+    published ``.pth.tar`` needs ``model_config`` (a preset or a YAML config).
+    """
+    from ..models import ModelConfig, load_checkpoint, safe_torch_load
+    from ..module import FrozenModule
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt '{checkpoint}' not found")
+    contents = safe_torch_load(path)
+    if model_config is not None:
+        config = ModelConfig.from_dict(read_model_config(model_config))
+    else:
+        try:
+            config = ModelConfig.from_checkpoint(contents, path.name)
+        except ValueError:
+            raise ValueError(f"--ckpt {path.name} does not record its model config: give --model-config (a preset such "
+                             "as stformer_b_16_224, or a YAML config with a model: section)") from None
+    module = FrozenModule(video=config.video, text=config.text, projection_dim=config.projection_dim)
+    load_checkpoint(module.model, contents, name=path.name)
+    data = contents.get("datamodule_hyper_parameters") if isinstance(contents, dict) else None
+    return module, dict(data or {})
+
+
+def fingerprint(model: Any) -> str:
+    """sha256 over every tensor of the model (name, dtype, shape, bytes): the weights' identity."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def embedding_settings(module: Any, input_res: int, window_seconds: Optional[float] = None,
+                       stride_seconds: Optional[float] = None, frames: Optional[int] = None) -> EmbeddingSettings:
+    """Settings fitted to the model: its frame count, one second per frame per window, half-window stride."""
+    model_frames = module.model.video_config.num_frames
+    frames = model_frames if frames is None else frames
+    if not 1 <= frames <= model_frames:
+        raise ValueError(f"--frames must be from 1 to the model's {model_frames} frames per clip, got {frames}")
     window = float(window_seconds if window_seconds is not None else frames)
     stride = float(stride_seconds if stride_seconds is not None else window / 2)
-    if frames < 1 or window <= 0 or stride <= 0:
-        raise ValueError(f"frames, window and stride must be positive, got {frames}, {window} s, {stride} s")
-    return EmbeddingSettings(window_seconds=window, stride_seconds=stride, frames=int(frames),
-                             input_res=encoder.input_res, decode_size=max(encoder.input_res, THUMB_SIZE),
-                             thumb_size=THUMB_SIZE)
+    if not (window > 0 and stride > 0):
+        raise ValueError(f"--window-seconds and --stride-seconds must be > 0, got {window:g} and {stride:g}")
+    return EmbeddingSettings(window_seconds=window, stride_seconds=stride, frames=int(frames), input_res=input_res,
+                             decode_size=max(input_res, THUMB_SIZE), thumb_size=THUMB_SIZE)
 
 
-def open_index_folder(out: Path, manifest: Manifest) -> None:
-    """Create the folder with its manifest, or check that an existing index was made the same way."""
+# -- the folder ------------------------------------------------------------------------------------
+
+def check_out_folder(out: Path, videos_root: str) -> Optional[Manifest]:
+    """The manifest of an index of this same folder at ``out``; None for a new or empty folder; else refused."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out '{out}' is a file: give a folder for the index")
     if (out / store.MANIFEST).is_file():
-        Manifest.read(out).check_same(manifest, out)
-        return
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"'{out}' is not empty and holds no search index; refusing to write into it "
-                              "(choose a new or empty --out)")
-    out.mkdir(parents=True, exist_ok=True)
-    manifest.write(out)
+        existing = Manifest.read(out)
+        store.check_same_folder(existing, videos_root, out)
+        return existing
+    if out.is_dir() and any(entry.name != store.LOCK for entry in out.iterdir()):
+        raise FileExistsError(f"--out '{out}' is not empty and holds no search index (no {store.MANIFEST}); refusing "
+                              "to write into it: choose a new or empty folder")
+    return None
 
 
-def groups(videos: Iterable[Any], batch_size: int,
-           windows_of: Callable[[Any], int] = lambda v: 0 if v.clips is None else len(v.clips)) -> Iterator[list]:
-    """Whole videos, gathered until they hold ``batch_size`` windows: one commit each.
+@contextlib.contextmanager
+def _lightning_quiet() -> Iterator[None]:
+    """Lightning's notes on which accelerators exist, and that an iterable dataset has no batch
+    indices (the writer needs none), say nothing a user of `index` acts on."""
+    from ..quiet import quiet_library_output
 
-    A group depends only on the videos from where it starts, so a resumed run (which starts
-    at the first uncommitted video) forms the same groups, and embeds the same batches, as
-    an uninterrupted one.
-    """
-    group: list = []
-    windows = 0
-    for video in videos:
-        group.append(video)
-        windows += windows_of(video)
-        if windows >= batch_size:
-            yield group
-            group, windows = [], 0
-    if group:
-        yield group
+    quiet_library_output()
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def build_index(videos: PathLike, out: PathLike, checkpoint: Optional[PathLike] = None,
-                model_config: Optional[Union[str, dict]] = None, *, encoder: Optional[Encoder] = None,
+                model_config: Optional[str] = None, *, module: Any = None,
                 window_seconds: Optional[float] = None, stride_seconds: Optional[float] = None,
                 frames: Optional[int] = None, batch_size: int = 16, num_workers: int = 0,
                 progress: bool = True, approximate_above: int = ann.APPROXIMATE_ABOVE,
-                devices: int = 1, accelerator: str = "auto") -> IndexSummary:
+                devices: int = 1, accelerator: str = "auto", follow_links: bool = False) -> IndexSummary:
     """Index (or update the index of) every video under ``videos`` into the folder ``out``.
 
     Give ``checkpoint`` (our ``.ckpt``; a published ``.pth.tar`` with ``model_config``, a preset
-    name or a dict) or an ``encoder`` already loaded. ``devices`` > 1 embeds through Lightning's
-    ``Trainer.predict`` with DDP on that many devices of ``accelerator``. Returns an ``IndexSummary``.
+    name or a YAML file) or a ``module`` (a ``FrozenModule`` with its weights). ``devices`` > 1
+    embeds with DDP on that many devices of ``accelerator``. Returns an ``IndexSummary``.
     """
     started = time.perf_counter()
-    root, out = Path(videos), Path(out)
+    for name, value, least in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                               ("devices", devices, 1)):
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be >= 1 (or left out: the model's own), got {frames}")
+    root, out = Path(os.path.abspath(videos)), Path(out)
     if not root.is_dir():
-        raise NotADirectoryError(f"--videos '{root}' is not a folder")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if encoder is None:
-        if checkpoint is None:
-            raise ValueError("build_index needs a checkpoint or an encoder")
-        config = read_model_config(model_config) if isinstance(model_config, str) else model_config
-        encoder = load_encoder(checkpoint, config)
-    settings = default_settings(encoder, window_seconds, stride_seconds, frames)
-    manifest = Manifest(checkpoint=encoder.checkpoint, fingerprint=encoder.fingerprint, model_config=encoder.config,
-                        embedding_dim=encoder.embedding_dim, settings=settings, videos_root=str(root.resolve()))
-    open_index_folder(out, manifest)
-    db = store.connect(out)
-    try:
-        summary = _update(db, root, encoder, settings, batch_size, num_workers, progress, devices, accelerator)
-        index = ann.load(out, db, encoder.embedding_dim, approximate_above)
-        summary.index_kind = index.kind
-        summary.windows = len(index.window_ids)
-        summary.videos = db.execute("SELECT COUNT(*) FROM videos WHERE error IS NULL").fetchone()[0]
-        summary.unreadable = store.failures(db)
-    finally:
-        db.close()
+        raise NotADirectoryError(f"--videos '{videos}' is not a folder")
+    existing = check_out_folder(out, str(root))
+    if (checkpoint is None) == (module is None):
+        raise ValueError("build_index needs a checkpoint or a module (one of them)")
+    source = str(Path(checkpoint).resolve()) if checkpoint is not None else ""
+    data: dict = {}
+    if module is None:
+        module, data = load_module(checkpoint, model_config)
+    module.weights_from_checkpoint()  # its weights are the ones indexed: Lightning must not load others
+    model = module.model
+    settings = embedding_settings(module, int(data.get("input_res") or model.video_config.geometry()["img_size"]),
+                                  window_seconds, stride_seconds, frames)
+    text = {"name": data.get("tokenizer") or model.text_config.name_or_path,
+            "max_length": data.get("max_length"), "padding": data.get("padding") or "longest"}
+    manifest = Manifest(checkpoint=source, fingerprint=fingerprint(model), model_config=_model_config(module),
+                        model_config_source=model_config, embedding_dim=int(module.hparams.projection_dim),
+                        settings=settings, videos_root=str(root), follow_links=follow_links,
+                        tokenizer={"max_length": text["max_length"], "padding": text["padding"]})
+    if existing is not None:
+        existing.check_same(manifest, out)
+    from ..data.datamodule import FrozenDataModule
+    from ..tokenizer import build_tokenizer
+    from .writer import IndexWriter
+
+    def datamodule(paths: list[str]) -> FrozenDataModule:
+        return FrozenDataModule(predict_dataset=WindowBatches(root, paths, settings, batch_size, num_workers),
+                                tokenizer=text["name"], max_length=text["max_length"], padding=text["padding"],
+                                input_res=settings.input_res, eval_batch_size=batch_size)
+
+    datamodule([])  # checks the data settings, as the tokenizer and Lightning the devices, before any write
+    tokenizer = build_tokenizer(text["name"])
+    writer = IndexWriter(out, progress)
+    with _lightning_quiet():
+        trainer = _trainer(devices, accelerator, writer)
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out):
+        _claim(out, manifest, model, tokenizer)
+        db = store.connect(out)
+        try:
+            store.set_complete(db, False)
+            summary = _update(db, root, module, trainer, writer, datamodule, settings, follow_links)
+            index = ann.load(out, db, manifest.embedding_dim, approximate_above)
+            store.set_complete(db, True)
+            summary.index_kind, summary.windows = index.kind, len(index.window_ids)
+            summary.videos, summary.unreadable = store.count_videos(db), store.failures(db)
+            store.settle(db)
+        finally:
+            db.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _update(db, root: Path, encoder: Encoder, settings: EmbeddingSettings, batch_size: int, num_workers: int,
-            progress: bool, devices: int = 1, accelerator: str = "auto") -> IndexSummary:
+def _claim(out: Path, manifest: Manifest, model: Any, tokenizer: Any) -> None:
+    """Under the lock: check the folder again (another run may have made it meanwhile), write the
+    manifest first (a run killed from here on leaves a folder the next run resumes), then the
+    query side if it is missing, damaged or of other tokenizer settings."""
+    from .text import damaged_file, save_text_side
+
+    existing = check_out_folder(out, manifest.videos_root)
+    if existing is not None:
+        existing.check_same(manifest, out)
+    intact = existing is not None and existing.tokenizer == manifest.tokenizer and \
+        damaged_file(out, existing.files) is None
+    manifest.files = existing.files if intact else {}
+    manifest.write(out)
+    if not intact:
+        manifest.files = save_text_side(out, model, tokenizer, manifest.tokenizer)
+        manifest.write(out)
+
+
+def _model_config(module: Any) -> dict:
+    from ..models import ModelConfig
+
+    return ModelConfig.from_dict(dict(module.hparams)).to_dict()
+
+
+def _trainer(devices: int, accelerator: str, writer: Any) -> Any:
+    import pytorch_lightning as pl
+
+    return pl.Trainer(accelerator=accelerator, devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[writer])
+
+
+def _update(db, root: Path, module: Any, trainer: Any, writer: Any, datamodule: Any, settings: EmbeddingSettings,
+            follow_links: bool) -> IndexSummary:
     summary = IndexSummary()
-    on_disk = {p: os.stat(root / p) for p in find_videos(root, VIDEO_EXTENSIONS)}
+    found, refused = scan_folder(root, follow_links)
+    on_disk = {**found, **{path: key for path, (key, _) in refused.items()}}
     known = store.known_files(db)
     vanished = sorted(set(known) - set(on_disk))
-    pending = sorted(p for p, st in on_disk.items() if known.get(p) != (st.st_size, st.st_mtime_ns))
-    summary.unchanged = len(on_disk) - len(pending)
-    summary.removed = len(vanished)
-    if vanished:
-        store.commit_videos(db, [], drop=vanished)
-    if devices > 1:
-        return _update_from_devices(db, root, pending, encoder, settings, batch_size, num_workers, devices,
-                                    accelerator, summary)
-    loader = DataLoader(VideoWindows(root, pending, settings), batch_size=None, num_workers=num_workers)
-    bar = _progress(len(pending), progress)
-    embedded_clips, embed_seconds = 0, 0.0
-    for group in groups(iter(loader), batch_size):
-        tick = time.perf_counter()
-        clips = stack_clips(group)
-        split_embeddings(group, encoder.encode_clips(clips, batch_size))
-        store.commit_videos(db, [v.record for v in group])
-        embed_seconds += time.perf_counter() - tick
-        embedded_clips += len(clips)
-        summary.embedded += sum(v.clips is not None for v in group)
-        if bar is not None:
-            bar.update(len(group))
-            bar.set_postfix(clips_per_s=f"{embedded_clips / max(bar.format_dict['elapsed'], 1e-9):.1f}")
-    if bar is not None:
-        bar.close()
-    summary.clips_per_second = embedded_clips / max(embed_seconds, 1e-9) if embedded_clips else 0.0
-    return summary
-
-
-def _update_from_devices(db, root: Path, pending: list[str], encoder: Encoder, settings: EmbeddingSettings,
-                         batch_size: int, num_workers: int, devices: int, accelerator: str,
-                         summary: IndexSummary) -> IndexSummary:
-    """Embed on ``devices`` processes (``Trainer.predict``, DDP), then commit in a single run's groups."""
-    from .distributed import embed_with_trainer
-
+    changed = {path for path, key in on_disk.items() if known.get(path) != key}
+    summary.found, summary.unchanged, summary.removed = len(on_disk), len(on_disk) - len(changed), len(vanished)
+    refused_now = [VideoRecord(path, *key, error=reason) for path, (key, reason) in sorted(refused.items())
+                   if path in changed]
+    if vanished or refused_now:
+        store.commit_videos(db, refused_now, drop=vanished)
+    pending = sorted(path for path in found if path in changed)
+    if not pending:
+        return summary
+    writer.total = len(pending)
     tick = time.perf_counter()
-    records = embed_with_trainer(root, pending, settings, encoder, batch_size, num_workers, devices, accelerator,
-                                 Path(db.execute("PRAGMA database_list").fetchone()[2]).parent / "parts")
-    clips = 0
-    for group in groups(records, batch_size, lambda r: len(r.spans)):
-        store.commit_videos(db, group)
-        clips += sum(len(r.spans) for r in group)
-        summary.embedded += sum(r.error is None for r in group)
-    summary.clips_per_second = clips / max(time.perf_counter() - tick, 1e-9)
+    with _lightning_quiet():
+        trainer.predict(module, datamodule=datamodule(pending), return_predictions=False)
+    seconds = time.perf_counter() - tick
+    _record_unreadable(db, root, pending, found, settings)
+    windows = dict(db.execute("SELECT v.path, COUNT(w.id) FROM videos v JOIN windows w ON w.video_id = v.id "
+                              "GROUP BY v.id"))
+    summary.embedded = sum(path in windows for path in pending)
+    summary.clips_per_second = sum(windows.get(path, 0) for path in pending) / max(seconds, 1e-9)
     return summary
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    from tqdm import tqdm
+def _record_unreadable(db, root: Path, pending: list[str], found: dict[str, tuple[int, int]],
+                       settings: EmbeddingSettings) -> None:
+    """Commit the reason of every pending file the run did not commit: the unreadable ones (the
+    window batches skip them). A readable one here was lost by a process: the run says so."""
+    committed = store.known_files(db)
+    records = [decode_video(root, path, settings).record for path in pending if committed.get(path) != found[path]]
+    store.commit_videos(db, [r for r in records if r.error is not None])
+    lost = [r.path for r in records if r.error is None]
+    if lost:
+        raise RuntimeError(f"{len(lost)} readable video(s) came back from no process (first: {lost[0]}); "
+                           "run index again to add them")
 
-    return tqdm(total=total, unit="video", desc="indexing", dynamic_ncols=True)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightning-frozen index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    parser = Parser(prog="lightning-frozen index", description=__doc__)
     parser.add_argument("--ckpt", required=True, help="our .ckpt, or a published .pth.tar with --model-config")
     parser.add_argument("--model-config", help="preset name (stformer_b_16_224) or a YAML config with a model: section")
     parser.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
-    parser.add_argument("--out", required=True, help="index folder (new, or an index made with the same model)")
-    parser.add_argument("--window-seconds", type=float, help="window length (default: one second per model frame)")
-    parser.add_argument("--stride-seconds", type=float, help="window step (default: half a window)")
-    parser.add_argument("--frames", type=int, help="frames per window (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=16, help="windows per forward pass and per commit")
-    parser.add_argument("--num-workers", type=int, default=0, help="decoding worker processes")
-    parser.add_argument("--devices", type=int, default=1,
+    parser.add_argument("--out", required=True, help="index folder (new or empty, or an index of the same --videos)")
+    parser.add_argument("--window-seconds", type=positive_float,
+                        help="window length (default: one second per model frame)")
+    parser.add_argument("--stride-seconds", type=positive_float, help="window step (default: half a window)")
+    parser.add_argument("--frames", type=positive_int, help="frames per window (default: the model's)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per forward pass and per commit")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding worker processes")
+    parser.add_argument("--devices", type=positive_int, default=1,
                         help="embed on this many devices through Trainer.predict with DDP (spawned processes)")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (with --devices)")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="follow links to files and folders outside --videos (indexed under their path in it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -225,6 +404,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = build_index(args.videos, args.out, args.ckpt, args.model_config, window_seconds=args.window_seconds,
                           stride_seconds=args.stride_seconds, frames=args.frames, batch_size=args.batch_size,
                           num_workers=args.num_workers, progress=not args.no_progress, devices=args.devices,
-                          accelerator=args.accelerator)
+                          accelerator=args.accelerator, follow_links=args.follow_links)
     print(summary.report())
+    if summary.videos == 0:
+        print(f"lightning-frozen index: error: {summary.why_empty(args.videos)}", file=sys.stderr)
+        return 1
     return 0

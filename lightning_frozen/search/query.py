@@ -2,16 +2,18 @@
 
     lightning-frozen search my_index "a dog catches a frisbee" -k 10 [--per video|clip] [--json]
 
-The index names its checkpoint and the fingerprint of its weights; the text tower is loaded
-from there, and a checkpoint changed since is refused. Per-video ranking fetches more
-windows than k from FAISS and rescores them exactly until the top k videos are certain
-(exact for a flat index; within the approximate index's recall otherwise).
+A query reads only the index folder, read-only: the text tower and tokenizer the index
+stores (``text.py``), its SQLite rows and its FAISS index. It never opens the training
+checkpoint nor imports Lightning. Per-video ranking fetches more windows than k from FAISS
+and rescores them exactly until the top k videos are certain (exact for a flat index;
+within the approximate index's recall otherwise). A partial index (a run killed or still
+running) is searched as it is, with a note naming the command that completes it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
@@ -21,8 +23,9 @@ import torch
 
 from ..similarity import querybank_normalize, querybank_stats
 from . import ann, store
-from .encoder import Encoder, load_encoder
-from .store import IndexMismatchError, Manifest
+from .arguments import Parser, positive_int
+from .store import Manifest
+from .text import QueryEncoder
 
 PathLike = Union[str, os.PathLike]
 Per = Literal["video", "clip"]
@@ -34,9 +37,8 @@ QB_NORM_MAX_WINDOWS = ann.APPROXIMATE_ABOVE
 def query_threads() -> None:
     """One thread per query for torch and FAISS, in processes that answer queries.
 
-    One query is too small to split: on the busy 2-core machine two threads took 70 ms to
-    encode a query (MiniLM, 3 layers) against 14 ms on one, and FAISS's OpenMP threads 27 ms
-    against 0.2 ms for a 10k flat search; a server runs its queries side by side instead.
+    One query is too small to split: more threads only add their start-up and contention (a
+    server answers its queries side by side instead; figures in docs/search.md).
     """
     import faiss
 
@@ -87,33 +89,40 @@ class QueryBank:
 
 
 class Index:
-    """A search index folder opened for queries.
+    """A search index folder opened for queries (read-only: nothing in the folder is written).
 
-    ``encoder``: a loaded model to embed queries with (it must be the one the index was built
-    with); None loads the checkpoint the index records, refusing it if its weights changed.
+    ``notes`` says what is wrong with the folder that a query can live with (a partial index,
+    a FAISS index rebuilt in memory), each with the command that repairs it.
     """
 
-    def __init__(self, folder: PathLike, encoder: Optional[Encoder] = None):
+    def __init__(self, folder: PathLike):
         self.folder = Path(folder)
         self.manifest = Manifest.read(self.folder)
-        if encoder is None:
-            if not Path(self.manifest.checkpoint).is_file():
-                raise FileNotFoundError(f"the checkpoint this index was built with, '{self.manifest.checkpoint}', "
-                                        "is gone; restore it or rebuild the index")
-            encoder = load_encoder(self.manifest.checkpoint, self.manifest.model_config)
-        if encoder.fingerprint != self.manifest.fingerprint:
-            raise IndexMismatchError(
-                f"index '{self.folder}' was built by {store.describe(self.manifest)}, but the model given has weights "
-                f"sha256 {encoder.fingerprint[:12]} ({Path(encoder.checkpoint).name or 'in memory'}): the checkpoint "
-                "changed since; rebuild the index with it, or search with the weights it was built by")
-        self.encoder = encoder
-        self.db = store.connect(self.folder)
-        self.ann = ann.load(self.folder, self.db, self.manifest.embedding_dim)
+        self.db = store.open_readonly(self.folder, self.manifest)
+        try:
+            self.notes = self._partial_notes()
+            self.encoder = QueryEncoder(self.folder, self.manifest)
+            self.ann, wrong = ann.open_for_queries(self.folder, self.db, self.manifest.embedding_dim)
+        except BaseException:
+            self.db.close()
+            raise
+        if wrong is not None and not self.notes:
+            self.notes.append(f"index '{self.folder}': its FAISS index is {wrong}, so it was built in memory for "
+                              f"this run; running index again saves it: {self.manifest.repair_command(self.folder)}")
         ids = self.ann.video_ids
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, np.int64)
         self._video_start = starts                                   # first position of each video
         self._video_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ids)]))
         self.query_bank: Optional[QueryBank] = None
+
+    def _partial_notes(self) -> list[str]:
+        if store.is_complete(self.db):
+            return []
+        videos = store.count_videos(self.db)
+        if store.writer_running(self.folder):
+            return [f"index '{self.folder}' is being written by an `index` run right now: {videos} videos so far"]
+        return [f"index '{self.folder}' is partial: {videos} videos were committed before its last `index` run "
+                f"stopped (killed?); run it again to complete the index: {self.manifest.repair_command(self.folder)}"]
 
     def __len__(self) -> int:
         return len(self.ann.window_ids)
@@ -121,22 +130,34 @@ class Index:
     def close(self) -> None:
         self.db.close()
 
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings [len(texts), D] with the model and tokenizer the index stores."""
+        return self.encoder.encode(texts)
+
+    def thumbnail(self, window_id: int) -> Optional[bytes]:
+        """The JPEG of a window (None for an id the index does not hold)."""
+        row = self.db.execute("SELECT jpeg FROM thumbnails WHERE window_id = ?", (int(window_id),)).fetchone()
+        return None if row is None else row[0]
+
     def set_query_bank(self, captions: Sequence[str], beta: float = 20.0, batch_size: int = 256) -> None:
         """Turn QB-Norm on with a bank of captions (None of them need be about these videos)."""
-        bank = np.concatenate([self.encoder.encode_text(captions[i:i + batch_size])
-                               for i in range(0, len(captions), batch_size)])
+        bank = np.concatenate([self.encode(captions[i:i + batch_size]) for i in range(0, len(captions), batch_size)])
         self.query_bank = QueryBank(bank, self.ann.vectors, beta)
 
     def search(self, query: str, k: int = 10, per: Per = "video", aggregate: Aggregate = "max") -> list[Hit]:
         """The top ``k`` videos (their best window shown) or windows for ``query``, best first."""
-        return self.search_vector(self.encoder.encode_text([query])[0], k, per, aggregate)
+        if not query.strip():
+            raise ValueError("the query is empty: say what to look for, e.g. \"a dog catches a frisbee\"")
+        return self.search_vector(self.encode([query])[0], k, per, aggregate)
 
     def search_vector(self, vector: np.ndarray, k: int = 10, per: Per = "video",
                       aggregate: Aggregate = "max") -> list[Hit]:
         """As ``search``, for a query already embedded (L2-normalised, [D])."""
         if per not in ("video", "clip") or aggregate not in ("max", "mean"):
             raise ValueError(f"per must be 'video' or 'clip' and aggregate 'max' or 'mean', got {per!r}, {aggregate!r}")
-        if k < 1 or len(self) == 0:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if len(self) == 0:
             return []
         vector = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
         if self.query_bank is not None:
@@ -147,7 +168,7 @@ class Index:
             positions, scores = self._top_videos(vector, k, aggregate)
         rows = store.window_rows(self.db, self.ann.window_ids[positions])
         return [Hit(score=float(s), window_id=int(w), **{f: rows[int(w)][f] for f in ("path", "start", "end")})
-                for w, s in zip(self.ann.window_ids[positions], scores)]
+                for w, s in zip(self.ann.window_ids[positions], scores) if int(w) in rows]
 
     def _rescored(self, vector: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
         """``fetch`` nearest windows from FAISS, rescored exactly, best first."""
@@ -217,12 +238,11 @@ def _clock(seconds: float) -> str:
     return f"{int(minutes):d}:{rest:05.2f}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightning-frozen search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    parser = Parser(prog="lightning-frozen search", description=__doc__)
     parser.add_argument("index", help="index folder made by `lightning-frozen index`")
     parser.add_argument("query", help="what to look for, in words")
-    parser.add_argument("-k", type=int, default=10, help="number of results")
+    parser.add_argument("-k", type=positive_int, default=10, help="number of results")
     parser.add_argument("--per", choices=("video", "clip"), default="video",
                         help="one result per video (its best window) or every window")
     parser.add_argument("--aggregate", choices=("max", "mean"), default="max",
@@ -233,21 +253,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_bank(path: PathLike) -> list[str]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--qb-norm-bank '{path}' not found (a text file of captions, one a line)")
     lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"query bank '{path}' holds no captions (one caption a line)")
     return lines
 
 
+def open_index(folder: PathLike, bank: Optional[Sequence[str]] = None) -> Index:
+    """An index for a command (`search`, `serve`): one thread per query, its notes on stderr, and
+    QB-Norm when a bank of captions is given."""
+    query_threads()
+    index = Index(folder)
+    try:
+        for note in index.notes:
+            print(f"note: {note}", file=sys.stderr)
+        if bank:
+            index.set_query_bank(bank)
+    except BaseException:
+        index.close()
+        raise
+    return index
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    query_threads()
-    index = Index(args.index)
+    if not args.query.strip():  # said before the index is opened
+        raise ValueError(f"the query is empty: say what to look for, e.g. lightning-frozen search {args.index} "
+                         "\"a dog catches a frisbee\"")
+    index = open_index(args.index, read_bank(args.qb_norm_bank) if args.qb_norm_bank else None)
     try:
-        if args.qb_norm_bank:
-            index.set_query_bank(read_bank(args.qb_norm_bank))
         hits = index.search(args.query, args.k, args.per, args.aggregate)
     finally:
         index.close()
     print(json.dumps([h.as_json() for h in hits]) if args.json else format_hits(hits))
     return 0
+
+
+if __name__ == "__main__":  # `python -m lightning_frozen.search.query INDEX "query"`: `search` without the dispatcher
+    raise SystemExit(main())

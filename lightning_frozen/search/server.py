@@ -11,35 +11,50 @@ get the thumbnail and a download link. Binds 127.0.0.1 unless told otherwise.
 """
 from __future__ import annotations
 
-import argparse
+import socket
 import threading
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 from urllib.parse import quote
 
-from .query import Index, query_threads, read_bank
-from .windows import browser_playable
+from .arguments import Parser, port
+from .query import Index, open_index, read_bank
 
 MAX_QUERY_CHARS = 300
 MAX_K = 100
 DEFAULT_K = 12
+MAX_ROW_ID = 2**63 - 1  # SQLite's largest integer: a larger number in a URL is refused, not passed on
+# Browsers play these codecs in MP4/WebM containers; anything else gets a transcode or a download link.
+PLAYABLE_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
+PLAYABLE_CONTAINERS = frozenset({".mp4", ".m4v", ".webm", ".mov"})
+
+
+def browser_playable(path: str, codec: Optional[str]) -> bool:
+    """Whether a browser's <video> plays this file as it is (else: transcode or download link)."""
+    return Path(path).suffix.lower() in PLAYABLE_CONTAINERS and (codec or "") in PLAYABLE_CODECS
 
 
 def resolve_media(index: Index, relative: str) -> Optional[Path]:
-    """The file of an indexed video, or None for anything that is not one inside the folder."""
+    """The file of an indexed video, resolved now; None for anything the index does not list.
+
+    Only paths the index holds are served. Without ``--follow-links`` the file must still lie
+    inside the indexed folder (a link changed since indexing is refused); with it, the link
+    the index lists is followed to wherever it points now.
+    """
     row = index.db.execute("SELECT 1 FROM videos WHERE path = ? AND error IS NULL", (relative,)).fetchone()
     if row is None:
         return None
-    root = Path(index.manifest.videos_root).resolve()
+    root = Path(index.manifest.videos_root)
     target = (root / relative).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        return None  # a link that now leaves the folder, or a file gone since indexing
-    return target
+    if not index.manifest.follow_links and not target.is_relative_to(root.resolve()):
+        return None  # a link that now leaves the folder
+    return target if target.is_file() else None  # None: a file gone since indexing
 
 
 def create_app(index: Index):
     """The FastAPI app over an open ``Index`` (searches are serialised: one model, one database)."""
     from fastapi import FastAPI, HTTPException, Query
+    from fastapi import Path as InPath
     from fastapi.responses import FileResponse, HTMLResponse, Response
 
     app = FastAPI(title="lightning-frozen search", docs_url=None, redoc_url=None)
@@ -57,7 +72,9 @@ def create_app(index: Index):
                k: int = Query(10, ge=1, le=MAX_K),
                per: Literal["video", "clip"] = "video",
                aggregate: Literal["max", "mean"] = "max") -> list[dict]:
-        vector = index.encoder.encode_text([q])[0]  # outside the lock: queries encode side by side
+        if not q.strip():
+            raise HTTPException(422, "the query is empty")
+        vector = index.encode([q])[0]  # outside the lock: queries encode side by side
         with lock:
             hits = index.search_vector(vector, k, per, aggregate)
         return [{**hit.as_json(), "thumbnail": f"/thumbnail/{hit.window_id}.jpg",
@@ -65,12 +82,12 @@ def create_app(index: Index):
                 for hit in hits]
 
     @app.get("/thumbnail/{window_id}.jpg")
-    def thumbnail(window_id: int) -> Response:
+    def thumbnail(window_id: int = InPath(ge=0, le=MAX_ROW_ID)) -> Response:
         with lock:
-            row = index.db.execute("SELECT jpeg FROM thumbnails WHERE window_id = ?", (window_id,)).fetchone()
-        if row is None:
+            jpeg = index.thumbnail(window_id)
+        if jpeg is None:
             raise HTTPException(404, "no such thumbnail")
-        return Response(row[0], media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/media/{relative:path}")
     def media(relative: str, download: bool = False) -> FileResponse:
@@ -84,26 +101,43 @@ def create_app(index: Index):
     return app
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightning-frozen serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    parser = Parser(prog="lightning-frozen serve", description=__doc__)
     parser.add_argument("index", help="index folder made by `lightning-frozen index`")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port, default=8000, help="TCP port (0: any free one)")
     parser.add_argument("--qb-norm-bank", help="text file of captions, one a line: QB-Norm with this query bank")
     return parser
+
+
+def listen(host: str, port_number: int) -> socket.socket:
+    """A socket bound and listening, or one message naming the address and the fix."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port_number))
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port_number}: {error.strerror or error}; choose another --port "
+                      "(or --port 0 for any free one), or stop what is using it") from None
+    return sock
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import uvicorn
 
     args = build_parser().parse_args(argv)
-    query_threads()
-    index = Index(args.index)
-    if args.qb_norm_bank:
-        index.set_query_bank(read_bank(args.qb_norm_bank))
-    print(f"serving {len(index)} windows of {index.manifest.videos_root} at http://{args.host}:{args.port}/",
-          flush=True)
-    uvicorn.run(create_app(index), host=args.host, port=args.port, log_level="warning")
-    index.close()
+    bank = read_bank(args.qb_norm_bank) if args.qb_norm_bank else None
+    sock = listen(args.host, args.port)  # first: a port in use is said before the model loads
+    try:
+        index = open_index(args.index, bank)
+        try:
+            print(f"serving {len(index)} windows of {index.manifest.videos_root} at "
+                  f"http://{args.host}:{sock.getsockname()[1]}/", flush=True)
+            uvicorn.Server(uvicorn.Config(create_app(index), log_level="warning")).run(sockets=[sock])
+        finally:
+            index.close()
+    finally:
+        sock.close()
     return 0

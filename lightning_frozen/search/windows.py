@@ -1,10 +1,10 @@
-"""A video as overlapping windows: which frames each window's clip takes, and decoding them.
+"""A video as overlapping windows, and the windows of many videos as the batches ``predict`` embeds.
 
 Each window is sampled like a test clip of a whole video (``sample_frame_indices``,
 "uniform": the middle frame of F equal intervals), so a window looks to the model like the
 clips it was trained on. All windows of a video are decoded in one pass through the file
-(``read_chosen_frames``), as small uint8 squares; normalisation happens later with the
-DataModule's evaluation transform.
+(``read_chosen_frames``), as small uint8 squares; normalisation happens on the device with
+the DataModule's evaluation transform, and ``FrozenModule.predict_step`` embeds them.
 """
 from __future__ import annotations
 
@@ -12,18 +12,13 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Iterator, Optional
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..data.video import VideoReadError, check_file, pyav_cause, read_chosen_frames, sample_frame_indices
 from .store import EmbeddingSettings, VideoRecord
-
-# Browsers play these codecs in MP4/WebM containers; anything else gets a transcode or a download link.
-PLAYABLE_CODECS = frozenset({"h264", "vp8", "vp9", "av1"})
-PLAYABLE_CONTAINERS = frozenset({".mp4", ".m4v", ".webm", ".mov"})
 
 
 def plan_windows(num_video_frames: int, fps: float, window_seconds: float,
@@ -78,10 +73,11 @@ def jpeg(frame: torch.Tensor, size: int) -> bytes:
 
 @dataclass
 class DecodedVideo:
-    """A video's record (spans, thumbnails; no embeddings yet) and its window clips."""
+    """A video's record (spans, thumbnails; no embeddings yet), its window clips and their frames."""
 
     record: VideoRecord
     clips: Optional[torch.Tensor]   # uint8 [windows, F, 3, S, S]; None when unreadable
+    frames: tuple = ()              # per window, the video frame numbers its clip holds
 
 
 def decode_video(root: Path, relative: str, settings: EmbeddingSettings) -> DecodedVideo:
@@ -90,19 +86,19 @@ def decode_video(root: Path, relative: str, settings: EmbeddingSettings) -> Deco
     stat = path.stat()
     record = VideoRecord(path=relative, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
     try:
-        if not path.resolve().is_relative_to(root.resolve()):
-            raise VideoReadError(relative, "a link that leaves the indexed folder")
         check_file(path, relative)
         try:
             record.fps, record.codec = probe(path)
         except Exception as error:  # PyAV raises av.error.* for files it cannot open
             raise VideoReadError(relative, pyav_cause(error)) from error  # the cause, never the absolute path
         spans: list[tuple[int, int]] = []
+        chosen: list[int] = []
 
         def choose(count: int) -> list[int]:
             spans[:] = plan_windows(count, record.fps, settings.window_seconds, settings.stride_seconds)
             record.frames = count
-            return window_frame_indices(spans, settings.frames)
+            chosen[:] = window_frame_indices(spans, settings.frames)
+            return chosen
 
         frames = read_chosen_frames(path, choose, settings.decode_size, name=relative)
     except VideoReadError as error:
@@ -112,15 +108,12 @@ def decode_video(root: Path, relative: str, settings: EmbeddingSettings) -> Deco
     middle = settings.frames // 2
     record.spans = tuple((start / record.fps, end / record.fps) for start, end in spans)
     record.thumbnails = tuple(jpeg(clip[middle], settings.thumb_size) for clip in clips)
-    return DecodedVideo(record, clips)
+    per_window = [tuple(chosen[i:i + settings.frames]) for i in range(0, len(chosen), settings.frames)]
+    return DecodedVideo(record, clips, tuple(per_window))
 
 
 class VideoWindows(Dataset):
-    """Map-style dataset over videos to (re)index: item i is ``decode_video`` of the i-th file.
-
-    Lets a DataLoader decode in worker processes (in order) and Lightning's ``Trainer.predict``
-    spread videos over ranks.
-    """
+    """Map-style dataset over videos: item i is ``decode_video`` of the i-th file (decoded in workers, in order)."""
 
     def __init__(self, root: os.PathLike, paths: list[str], settings: EmbeddingSettings):
         self.root = Path(root)
@@ -134,22 +127,79 @@ class VideoWindows(Dataset):
         return decode_video(self.root, self.paths[index], self.settings)
 
 
-def browser_playable(path: str, codec: Optional[str]) -> bool:
-    """Whether a browser's <video> plays this file as it is (else: transcode or download link)."""
-    return Path(path).suffix.lower() in PLAYABLE_CONTAINERS and (codec or "") in PLAYABLE_CODECS
+def groups(videos: Iterable[DecodedVideo], batch_size: int) -> Iterator[list[DecodedVideo]]:
+    """Whole videos, gathered until they hold ``batch_size`` windows: one commit each.
 
-
-def stack_clips(videos: list[DecodedVideo]) -> torch.Tensor:
-    """All window clips of the readable videos, in order."""
-    clips = [v.clips for v in videos if v.clips is not None]
-    return torch.cat(clips) if clips else torch.empty(0, dtype=torch.uint8)
-
-
-def split_embeddings(videos: list[DecodedVideo], embeddings: np.ndarray) -> None:
-    """Hand each readable video its rows of ``embeddings`` (in ``stack_clips`` order)."""
-    offset = 0
+    A group depends only on the videos from where it starts, so a resumed run (which starts
+    at the first uncommitted video) forms the same groups, and embeds the same batches, as
+    an uninterrupted one.
+    """
+    group: list[DecodedVideo] = []
+    windows = 0
     for video in videos:
-        if video.clips is not None:
-            count = len(video.clips)
-            video.record.embeddings = embeddings[offset:offset + count]
-            offset += count
+        group.append(video)
+        windows += len(video.clips)
+        if windows >= batch_size:
+            yield group
+            group, windows = [], 0
+    if group:
+        yield group
+
+
+def this_rank_share(paths: list[str]) -> list[str]:
+    """The videos this process embeds: all of them, or every world-size-th one under DDP."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return paths[dist.get_rank()::dist.get_world_size()]
+    return paths
+
+
+class ClosedGroup:
+    """The records of a group of videos, carried by the group's last window item: one plain object,
+    which Lightning's batch transfer passes on as it is instead of walking and copying every field
+    of every record (thumbnails included) at each batch."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[VideoRecord]):
+        self.records = records
+
+
+class WindowBatches(IterableDataset):
+    """The readable videos of ``paths`` as batches of window items, for ``Trainer.predict``.
+
+    Videos are decoded in order (``num_workers`` processes), gathered into groups of whole
+    videos (``groups``), and each group is cut into batches of ``batch_size`` windows from its
+    start, so a batch's windows never depend on where a run started. The group's last item
+    carries the records of its videos (``meta["closes"]``, a ``ClosedGroup``): the prediction
+    writer commits them once their embeddings are in. Unreadable videos yield nothing; ``index`` records
+    them after the run. Each item's ``meta["frames"]`` names the video frames its clip holds:
+    a per-frame video tower can encode each distinct frame of a batch once. Under DDP each
+    rank takes its share of the videos (``this_rank_share``).
+    """
+
+    yields_batches = True  # FrozenDataModule collates each list this yields as one batch
+
+    def __init__(self, root: os.PathLike, paths: list[str], settings: EmbeddingSettings, batch_size: int,
+                 num_workers: int = 0):
+        self.decoded = VideoWindows(root, paths, settings)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        share = VideoWindows(self.decoded.root, this_rank_share(self.decoded.paths), self.decoded.settings)
+        videos = DataLoader(share, batch_size=None, num_workers=self.num_workers)
+        count = 0
+        for group in groups((v for v in videos if v.clips is not None), self.batch_size):
+            items = []
+            for video in group:
+                for position, (clip, frames) in enumerate(zip(video.clips, video.frames)):
+                    meta = {"id": f"{video.record.path}#{position}", "path": video.record.path, "index": count,
+                            "frames": frames, "closes": None}
+                    items.append({"video": clip, "meta": meta})
+                    count += 1
+            items[-1]["meta"]["closes"] = ClosedGroup([video.record for video in group])
+            for first in range(0, len(items), self.batch_size):
+                yield items[first:first + self.batch_size]
+

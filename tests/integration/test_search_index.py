@@ -16,7 +16,7 @@ from helpers.search import rows, save_tiny_checkpoint, tiny_config, video_folder
 
 from lightning_frozen.data.transforms import VideoTransform
 from lightning_frozen.data.video import read_frames
-from lightning_frozen.search import Index, IndexMismatchError, ann, build_index
+from lightning_frozen.search import DamagedIndexError, Index, IndexMismatchError, ann, build_index
 from lightning_frozen.search.windows import plan_windows
 from lightning_frozen.tokenizer import build_tokenizer
 
@@ -136,12 +136,12 @@ def test_index_cli_kill_at_any_moment_then_rerun_equals_one_run(tmp_path, ckpt):
     subprocess.run([*command, "--out", str(tmp_path / "whole")], check=True, capture_output=True)
     killed_at = []
     for kill_after in (1, 6):  # commits seen before the kill
-        process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
         database = tmp_path / "killed" / "index.sqlite"
         while process.poll() is None:
             try:
-                with sqlite3.connect(database, timeout=0.05) as db:
+                with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.05) as db:  # creates nothing
                     done = db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
             except sqlite3.Error:
                 done = 0
@@ -149,8 +149,8 @@ def test_index_cli_kill_at_any_moment_then_rerun_equals_one_run(tmp_path, ckpt):
                 process.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)
-        process.wait()
-        assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        output = process.communicate()[0]
+        assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{output[-2000:]}"
         with sqlite3.connect(database) as db:
             killed_at.append(db.execute("SELECT COUNT(*) FROM videos").fetchone()[0])
     assert all(0 < n < 15 for n in killed_at)
@@ -194,12 +194,23 @@ def test_index_refuses_another_model_or_settings_naming_both(tmp_path, built, ck
         build_index(videos, index_dir, other, window_seconds=1.0, stride_seconds=0.5, progress=False)
     with pytest.raises(IndexMismatchError, match="windows of 1 s every 0.5 s.*windows of 2 s"):
         build_index(videos, index_dir, ckpt, window_seconds=2.0, stride_seconds=0.5, progress=False)
+
+
+def test_a_query_reads_the_index_alone_and_refuses_a_changed_text_tower(tmp_path, built, ckpt):
+    _, index_dir, _ = built
     moved = tmp_path / "index"
     shutil.copytree(index_dir, moved)
     manifest = json.loads((moved / "manifest.json").read_text())
-    manifest["checkpoint"] = str(other)   # the recorded file now holds other weights
+    manifest["checkpoint"] = str(tmp_path / "gone.ckpt")   # a query never opens the checkpoint
     (moved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexMismatchError, match=f"{manifest['fingerprint'][:12]}.*other.ckpt"):
+    assert Index(moved).search("a red square", k=2) == Index(index_dir).search("a red square", k=2)
+    with open(moved / "text_tower.pt", "r+b") as handle:  # one byte of the stored text tower changed
+        handle.seek(200)
+        byte = handle.read(1)
+        handle.seek(200)
+        handle.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(DamagedIndexError, match="text_tower.pt changed since the index was built.*lightning-frozen "
+                                                "index --ckpt"):
         Index(moved)
 
 
@@ -245,3 +256,23 @@ def test_two_devices_through_trainer_predict_give_the_rows_of_one_process(tmp_pa
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.frombuffer(a[4], np.float32), np.frombuffer(b[4], np.float32), atol=1e-5)
     assert not (tmp_path / "ddp" / "parts").exists()
+
+
+def test_a_query_imports_neither_lightning_nor_the_indexing_code(built):
+    """In a fresh process: the package, the query module and a whole `search` leave Lightning, the
+    indexing code and the Hugging Face model code unimported (they are what made a query slow)."""
+    _, index_dir, _ = built
+    code = f"""
+import sys
+import lightning_frozen.search, lightning_frozen.search.query
+from lightning_frozen.search.query import main
+main([{str(index_dir)!r}, "a red square", "-k", "2"])
+heavy = ("pytorch_lightning", "lightning", "lightning_fabric", "timm", "transformers.modeling_utils",
+         "lightning_frozen.search.index", "lightning_frozen.search.writer", "lightning_frozen.module",
+         "lightning_frozen.models")
+print(sorted(name for name in sys.modules if any(name == h or name.startswith(h + ".") for h in heavy)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert ".mp4" in done.stdout

@@ -13,6 +13,7 @@ import pytest
 from helpers.search import SCRIPT_NAME, free_port, save_tiny_checkpoint, start_server, video_folder
 
 from lightning_frozen.search import build_index
+from lightning_frozen.search.index import LINK_OUTSIDE
 from lightning_frozen.search.server import MAX_K, MAX_QUERY_CHARS, build_parser
 
 
@@ -33,7 +34,7 @@ def served(tmp_path_factory):
     (videos / "notes.txt").write_text("not a video")
     ckpt = save_tiny_checkpoint(base / "tiny.ckpt")
     summary = build_index(videos, base / "index", ckpt, batch_size=8, progress=False)
-    assert dict(summary.unreadable) == {"escape.mp4": "a link that leaves the indexed folder"}
+    assert dict(summary.unreadable) == {"escape.mp4": LINK_OUTSIDE}
     port = free_port()
     process = start_server(base / "index", port)
     yield videos, port
@@ -94,6 +95,16 @@ def test_anything_but_an_indexed_file_inside_the_folder_is_404(served, path):
     status, _, body = get(port, path)
     assert status == 404, (path, status)
     assert b"root:" not in body
+
+
+@pytest.mark.parametrize("path", [
+    "/thumbnail/99999999999999999999999999.jpg", "/thumbnail/-1.jpg", "/thumbnail/1e3.jpg", "/thumbnail/0x10.jpg",
+    "/api/search?q=circle&k=99999999999999999999999", "/api/search?q=%20%20%20", "/api/search?q=circle&k=1.5",
+])
+def test_a_number_or_query_that_cannot_be_one_is_422_never_500(served, path):
+    _, port = served
+    status, _, body = get(port, path)
+    assert status == 422, (path, status, body[:200])
 
 
 def test_links_inside_the_folder_are_served(served):
