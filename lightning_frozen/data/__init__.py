@@ -1,16 +1,23 @@
-"""Data: video reading, datasets in the real layouts, synthetic data, preparation."""
+"""Data: video reading, datasets in the real layouts, synthetic data, preparation.
 
-from .base import TextVideoDataset
-from .cc3m import ConceptualCaptions3M
-from .core import Record, RunState, TextMediaDataset
-from .folder import VideoFolder
-from .msrvtt import MSRVTT
-from .video import VideoReadError, read_frames, read_image, sample_frame_indices
-from .webvid import WebVid
+Every name is loaded on first use, so importing one part (a query's collator, the CLI's help)
+does not pull in the rest (pandas for metadata tables, kornia and Lightning for the DataModule,
+LitData for shards).
+"""
 
-# Loaded on first use: the command modules, and collation, on-device augmentation and the
-# DataModule (kornia, Lightning), so reading a dataset stays light.
 _LAZY = {
+    "TextVideoDataset": ".base",
+    "ConceptualCaptions3M": ".cc3m",
+    "Record": ".core",
+    "RunState": ".core",
+    "TextMediaDataset": ".core",
+    "VideoFolder": ".folder",
+    "MSRVTT": ".msrvtt",
+    "VideoReadError": ".video",
+    "read_frames": ".video",
+    "read_image": ".video",
+    "sample_frame_indices": ".video",
+    "WebVid": ".webvid",
     "make_synthetic_dataset": ".synthetic",
     "prepare_videos": ".prepare",
     "TextVideoCollator": ".collate",
@@ -24,11 +31,7 @@ _LAZY = {
     "shard_dataset": ".shard",
 }
 
-
-__all__ = [
-    "MSRVTT", "ConceptualCaptions3M", "Record", "RunState", "TextMediaDataset", "TextVideoDataset", "VideoFolder",
-    "VideoReadError", "WebVid", "read_frames", "read_image", "sample_frame_indices", *_LAZY,
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
