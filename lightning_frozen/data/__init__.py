@@ -1,15 +1,17 @@
 """Data: video reading, datasets in the real layouts, synthetic data, preparation."""
 
-from .base import TextVideoDataset
-from .cc3m import ConceptualCaptions3M
-from .folder import VideoFolder
-from .msrvtt import MSRVTT
-from .video import VideoReadError, read_frames, read_image, sample_frame_indices
-from .webvid import WebVid
-
-# Loaded on first use: the command modules, and collation, on-device augmentation and the
-# DataModule (kornia, Lightning), so reading a dataset stays light.
+# Every name loads on first use (PEP 562): `lightning-frozen prepare --help` and the other data
+# commands start without torch, pandas or Lightning, and reading a dataset loads only what it needs.
 _LAZY = {
+    "TextVideoDataset": ".base",
+    "ConceptualCaptions3M": ".cc3m",
+    "VideoFolder": ".folder",
+    "MSRVTT": ".msrvtt",
+    "VideoReadError": ".video",
+    "read_frames": ".video",
+    "read_image": ".video",
+    "sample_frame_indices": ".video",
+    "WebVid": ".webvid",
     "make_synthetic_dataset": ".synthetic",
     "prepare_videos": ".prepare",
     "TextVideoCollator": ".collate",
@@ -22,11 +24,7 @@ _LAZY = {
     "shard_dataset": ".shard",
 }
 
-
-__all__ = [
-    "MSRVTT", "ConceptualCaptions3M", "TextVideoDataset", "VideoFolder", "VideoReadError", "WebVid", "read_frames",
-    "read_image", "sample_frame_indices", *_LAZY,
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):
@@ -35,3 +33,7 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
