@@ -16,7 +16,6 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from . import ipu  # noqa: F401  registers `accelerator: ipu` and the IPU strategy names
 from .arguments import PROG, UsageError
 from .callbacks import EmbeddingWriter, ExactResume, FrameCurriculum, ParameterSummary, RunFolder, TrainingCurves
 from .callbacks.resume import checkpoint_folders, refuse_used_folder
@@ -24,12 +23,15 @@ from .callbacks.run_folder import check_run_folder, default_loggers
 from .checkpoint_io import SafeCheckpointIO
 from .data.datamodule import FrozenDataModule
 from .folders import FolderLock
+from .ipu import register as register_ipu
 from .models import ModelConfig
 from .module import FrozenModule
 from .quiet import quiet_library_output
 from .safe_load import safe_torch_load
 
 GEOMETRY = ("video", "text", "projection_dim")  # the model settings that decide the weights' names and shapes
+register_ipu()  # `accelerator: ipu` and the IPU strategy names in configs
+
 RUN_DIR_HELP = ("The run folder: checkpoints, TensorBoard events, csv/, config.yaml and curves.png go there "
                 "(sets trainer.default_root_dir; default: that, else lightning_logs/version_N)")
 
@@ -123,6 +125,7 @@ class FrozenCLI(LightningCLI):
                 callbacks.append(kind())
         if config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ParameterSummary())  # Lightning's, without a FLOPs column of zeros
+            kwargs["enable_model_summary"] = False  # Lightning's own would be skipped, with a line saying so
         logger = config.get("logger")
         loggers = default_loggers(self.run_dir) if logger in (None, True) else _as_list(logger) if logger else []
         parser, settings = self._parser(self.subcommand), self.config.get(str(self.subcommand), self.config)
@@ -204,6 +207,7 @@ class FrozenCLI(LightningCLI):
         if path is None:
             return
         checkpoint = self._checkpoint_seen if self._checkpoint_seen is not None else safe_torch_load(path, mmap=True)
+        self._checkpoint_seen = None  # Lightning reads the file again when it restores it
         state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
         if isinstance(state, dict):
             problem = geometry_mismatch(path, self.model, checkpoint)

@@ -179,7 +179,7 @@ def _check_roots(src: Path, dst: Path) -> None:
 
 def _check_ranges(**values: Optional[float]) -> None:
     """Every setting within its range, before anything is encoded (x264 would fail on each file instead)."""
-    lowest = {"short_side": 2, "fps": 1e-3, "keyframe_interval": 1, "workers": 0, "crf": 0}
+    lowest = {"short_side": 2, "fps": 1e-3, "keyframe_interval": 1, "workers": 1, "crf": 0}
     for name, value in values.items():
         if value is not None and (value < lowest[name] or (name == "crf" and value > 51)):
             allowed = "0 to 51" if name == "crf" else f">= {lowest[name]}"

@@ -177,6 +177,8 @@ TRAIN = [
          lambda w: w.fit("--trainer.max_epochs", "3", "--run_dir", str(w.fresh("max_epochs"))),
          says=["max_epochs is 3", "add up to 1"], untouched=lambda w: [w.root / "fresh" / "max_epochs"],
          max_lines=TRAINER_LINES),
+    Case("fit into a file", lambda w: w.fit("--run_dir", str(w.user / "notes.txt")), says=["not a folder"],
+         untouched=lambda w: [w.user], max_lines=TRAINER_LINES),
     Case("fit into a folder another run is writing",
          lambda w: w.fit("--run_dir", str(w.root / "busy")), says=["in use by lightning-frozen fit"],
          prepare=lambda w: w.lock(w.root / "busy"), untouched=lambda w: [w.root / "busy"], max_lines=TRAINER_LINES),
@@ -197,6 +199,9 @@ TRAIN = [
     Case("test logging into a user's folder",
          lambda w: ["test", "--config", str(w.config), "--run_dir", str(w.user)], says=["neither empty nor"],
          untouched=lambda w: [w.user], max_lines=TRAINER_LINES),
+    Case("test with the loggers off writes nothing, not even a config.yaml, into its folder",
+         lambda w: ["test", "--config", str(w.config), "--trainer.logger", "false", "--run_dir", str(w.user)],
+         code=0, max_lines=None, untouched=lambda w: [w.user]),
     Case("validate into a folder another run is writing",
          lambda w: ["validate", "--config", str(w.config), "--run_dir", str(w.root / "busy_validate")],
          says=["in use by"], prepare=lambda w: w.lock(w.root / "busy_validate"),
@@ -237,6 +242,8 @@ DATA = [
          untouched=lambda w: [w.root / "busy_shards"]),
     Case("shard with a chunk size that is not one", lambda w: shard_args(w, w.root / "s1", "--chunk-bytes", "big"),
          says=["--chunk-bytes", "not a size"], untouched=lambda w: [w.root / "s1"]),
+    Case("shard onto a file", lambda w: shard_args(w, w.user / "table.csv"), says=["not a folder"],
+         untouched=lambda w: [w.user]),
     Case("shard with no workers", lambda w: shard_args(w, w.root / "s2", "--workers", "0"), says=["--workers"]),
     Case("shard --prepare of images", lambda w: ["shard", "--src", str(w.data), "--layout", "cc3m", "--prepare",
                                                  "--dst", str(w.root / "s3")], says=["cc3m layout holds images"]),
@@ -251,6 +258,8 @@ DATA = [
          untouched=lambda w: [w.data]),
     Case("prepare with a crf out of range", lambda w: prepare_args(w, w.root / "p1", "--crf", "99"),
          says=["--crf must be 0 to 51"], untouched=lambda w: [w.root / "p1"]),
+    Case("prepare with no workers", lambda w: prepare_args(w, w.root / "p4", "--workers", "0"),
+         says=["--workers must be >= 1"], untouched=lambda w: [w.root / "p4"]),
     Case("prepare with an unknown preset is one line", lambda w: prepare_args(w, w.root / "p2", "--preset", "quick"),
          says=["--preset", "invalid choice"], never_says=ONE_LINE, max_lines=1),
     Case("prepare from a folder that is not there", lambda w: prepare_args(w, w.root / "p3")[:2]
@@ -293,6 +302,8 @@ def test_refused_runs_leave_no_lock_and_a_used_run_is_continued(workspace):
     and records itself in the folder's marker."""
     fresh = workspace.root / "fresh"
     assert not list(fresh.rglob(LOCK)) and all(not any(folder.iterdir()) for folder in fresh.iterdir())
+    code, output = run_command(workspace.fit("--data.max_length", "600", "--run_dir", str(fresh / "new" / "run")))
+    assert code == 2 and not (fresh / "new").exists(), output  # the folders it made for the run are gone again
     assert not (workspace.root / "demo_data").exists() and not (workspace.root / "demo_run").exists()
     code, output = run_command(workspace.fit("--ckpt_path", "last"))
     assert code == 0, output

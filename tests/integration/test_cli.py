@@ -49,7 +49,7 @@ import contextlib, io, sys
 from lightning_frozen.cli import main
 loaded = sorted(m for m in ("torch", "pytorch_lightning", "lightning_fabric") if m in sys.modules)
 print("import:", loaded)
-for argv in ([], ["--help"], ["synthetic", "--help"], ["prepare", "--help"], ["shard", "--help"], ["demo", "--help"]):
+for argv in ([], ["--help"], *([tool, "--help"] for tool in ("synthetic", "prepare", "shard", "demo", "ipu-plan"))):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         try:
