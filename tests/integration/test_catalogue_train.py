@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from helpers import tiny_config
-from helpers.catalogue import Case, run_case, run_command
+from helpers.catalogue import Case, fingerprint, run_case, run_command
 
 from lightning_frozen.data import WebVid
 from lightning_frozen.data.synthetic import make_synthetic_dataset
@@ -334,3 +334,18 @@ def test_the_catalogue_covers_every_command_that_writes():
     names = " ".join(case.name for case in TRAIN + DATA)
     for command in ("fit", "validate", "test", "predict", "shard", "prepare", "synthetic", "demo"):
         assert command in names, command
+
+
+def test_run_dir_alone_moves_every_output(workspace):
+    """`--run_dir` overrides the config's run folder for everything a fit writes; the config's folder is left
+    as it was."""
+    moved = workspace.root / "moved"
+    before = fingerprint(workspace.run)
+    code, output = run_command(workspace.fit("--run_dir", str(moved)))
+    assert code == 0, output
+    names = {p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.is_file()}
+    assert {"checkpoints/last.ckpt", "checkpoints/stage0-1f-best.ckpt", "checkpoints/stage0-1f-last.ckpt",
+            "checkpoints/curves.png", "config.yaml", "csv/version_0/metrics.csv", MARKER} <= names
+    assert any(name.startswith("events.out.tfevents.") for name in names)
+    assert yaml.safe_load((moved / "config.yaml").read_text())["trainer"]["default_root_dir"] == str(moved)
+    assert fingerprint(workspace.run) == before
