@@ -1,5 +1,8 @@
 """The `lightning-frozen` command: LightningCLI (fit / validate / test / predict) plus data and IPU tools.
 
+Importing this module loads neither torch nor Lightning: a subcommand imports what it needs when it
+runs, so `--help` answers at once.
+
     lightning-frozen fit --config configs/demo.yaml
     lightning-frozen test --config configs/demo.yaml --ckpt_path runs/demo/.../stage1-4f-best.ckpt
     lightning-frozen synthetic --root data/synthetic_msrvtt --layout msrvtt
@@ -9,6 +12,7 @@
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import pickle
@@ -16,15 +20,10 @@ import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-from .data.video import VideoReadError
-from .lightning_cli import PROG, run_cli
+from .arguments import PROG, UsageError
 
 DEBUG_ENV = "LIGHTNING_FROZEN_DEBUG"
-# What a user's input causes (a path, a file, a config value): one message, exit code 2. Anything
-# else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, pickle.UnpicklingError, MisconfigurationException, VideoReadError)
+INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 # LightningCLI's subcommands (Trainer methods) and ours (a module with `main(argv)`), in --help order.
 TRAINER_COMMANDS = {
@@ -60,6 +59,35 @@ def tool_main(name: str) -> Callable[[Sequence[str]], Any]:
     return importlib.import_module(TOOL_COMMANDS[name][0]).main
 
 
+def run_cli(args: Optional[list[str]] = None, run: bool = True) -> Any:
+    """`lightning_frozen.lightning_cli.run_cli`, imported on first use (it loads torch and Lightning)."""
+    from .lightning_cli import run_cli as run_lightning_cli
+
+    return run_lightning_cli(args, run)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input causes (a path, a file, a config value): one message, exit code 2. Anything
+    else is a bug and keeps its traceback. Lightning's and the video reader's errors count only once
+    their modules are loaded (an error cannot come from a module that never ran)."""
+    kinds: list[type[BaseException]] = [ValueError, OSError, pickle.UnpicklingError]
+    for module, name in (("lightning_fabric.utilities.exceptions", "MisconfigurationException"),
+                         ("lightning_frozen.data.video", "VideoReadError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return tuple(kinds)
+
+
+def hint(error: BaseException, command: str) -> str:
+    """The fix a message leaves out, where the command knows it."""
+    video = sys.modules.get("lightning_frozen.data.video")
+    if video is not None and isinstance(error, video.VideoReadError):
+        flag = "--data.predict_dataset.loading lax" if command == "predict" else "loading: lax on the dataset"
+        return (f"\n(data loading is strict: fix or remove the file, or skip and count unreadable files with "
+                f"{flag})")
+    return ""
+
+
 def user_message(error: BaseException) -> str:
     """The part of an error's text a person acts on.
 
@@ -80,17 +108,27 @@ def user_message(error: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Entry point of the installed `lightning-frozen` command (and of `python cli.py`).
 
-    A user's mistake (bad path, unreadable file, invalid config value) prints one message and
-    exits with code 2; set LIGHTNING_FROZEN_DEBUG=1 to see the traceback as well.
+    A user's mistake (bad path, unreadable file, invalid config value, an argument that does not
+    parse) prints one message and exits with code 2; set LIGHTNING_FROZEN_DEBUG=1 to see the
+    traceback as well. Ctrl-C prints one line and exits with code 130.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         code = dispatch(args)
-    except USER_ERRORS as error:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"{PROG}: error: {user_message(error)}\n(set {DEBUG_ENV}=1 to see the traceback)", file=sys.stderr)
+        print(f"\n{PROG}: interrupted. Files are written whole or not at all: the same command again continues "
+              "(fit: with --ckpt_path last)", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    except Exception as error:
+        if debug or not isinstance(error, user_errors()):
+            raise
+        debug_hint = "" if isinstance(error, UsageError) else f"\n(set {DEBUG_ENV}=1 to see the traceback)"
+        print(f"{PROG}: error: {user_message(error)}{hint(error, args[0] if args else '')}{debug_hint}",
+              file=sys.stderr)
         raise SystemExit(2) from None
     if code:
         raise SystemExit(code)
@@ -105,8 +143,9 @@ def dispatch(args: list[str]) -> int:
         result = tool_main(args[0])(args[1:])
         return result if isinstance(result, int) else int(getattr(result, "exit_code", 0))
     if args[0] not in TRAINER_COMMANDS and not args[0].startswith("-"):
-        print(f"{PROG}: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        close = difflib.get_close_matches(args[0], [*TRAINER_COMMANDS, *TOOL_COMMANDS], n=1)
+        raise UsageError(f"unknown command {args[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; `{PROG} --help` lists the commands")
     run_cli(args)
     return 0
 

@@ -5,27 +5,22 @@ direction, how often each stage's best model picks the right one (chance is 25%)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-import yaml
-
-from .callbacks import FrameCurriculum
-from .data.synthetic import DIRECTIONS, VIDEO_TEMPLATES, make_synthetic_dataset
-from .lightning_cli import run_cli
-from .models import load_checkpoint
-
-PROBE_TEMPLATE = VIDEO_TEMPLATES[0]  # "a {fg} {shape} {motion} on a {bg} background"
+from .arguments import ArgumentParser
 
 
-@torch.no_grad()
 def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) -> float:
     """Share of test videos whose true direction wins among four captions differing only in direction."""
+    import torch
+
+    from .data.synthetic import DIRECTIONS, VIDEO_TEMPLATES
+
+    probe = VIDEO_TEMPLATES[0]  # "a {fg} {shape} {motion} on a {bg} background"
     clips = json.loads((dataset_root / "synthetic.json").read_text())["clips"]
     dataset = datamodule.datasets["test"][0]
     directions = list(DIRECTIONS)
@@ -36,37 +31,62 @@ def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) 
         for index in range(len(dataset)):
             item = dataset[index]
             spec = clips[item["meta"]["path"]]
-            captions = [PROBE_TEMPLATE.format(fg=spec["foreground"], bg=spec["background"], shape=spec["shape"],
-                                              motion=DIRECTIONS[d][1][0]) for d in directions]
+            captions = [probe.format(fg=spec["foreground"], bg=spec["background"], shape=spec["shape"],
+                                     motion=DIRECTIONS[d][1][0]) for d in directions]
             tokens = tokenizer(captions, padding=True, return_tensors="pt")
             video = datamodule.eval_transform(item["video"].unsqueeze(0))
-            text_emb = cli_module.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-            video_emb = cli_module.model.encode_video(video)
-            best = int(cli_module.model.similarity(text_emb, video_emb)[:, 0].argmax())
+            with torch.no_grad():
+                text_emb = cli_module.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+                video_emb = cli_module.model.encode_video(video)
+                best = int(cli_module.model.similarity(text_emb, video_emb)[:, 0].argmax())
             correct += directions[best] == spec["direction"]
             total += 1
     return 100.0 * correct / total
 
 
+def run_settings(config: str) -> dict:
+    """The ``trainer`` section of a config file."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(config).read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{config} is not valid YAML: {str(error).splitlines()[0]}") from None
+    trainer = settings.get("trainer") if isinstance(settings, dict) else None
+    return trainer if isinstance(trainer, dict) else {}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(prog="lightning-frozen demo", description=__doc__)
+    parser = ArgumentParser(prog="lightning-frozen demo", description=__doc__)
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--data", default="data/synthetic_msrvtt",
                         help="synthetic dataset root, made if missing (the config's datasets must point at it)")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
                         help="torch threads (fixed, so that two runs on one machine give the same bits)")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+
+    import torch
+
+    from .callbacks import FrameCurriculum
+    from .callbacks.run_folder import check_run_folder
+    from .data.synthetic import DIRECTIONS, make_synthetic_dataset
+    from .lightning_cli import run_cli, run_folder
+    from .models import load_checkpoint
+
+    # An interrupted demo continues where it stopped, a finished one is only re-tested (`make clean-demo`
+    # starts over): `--ckpt_path last` when the run folder holds a last.ckpt. The run folder is checked
+    # before the data is made: a refused demo writes nothing.
+    folder = run_folder(None, run_settings(args.config).get("default_root_dir"))
+    resume = ["--ckpt_path", "last"] if (folder / "checkpoints" / "last.ckpt").is_file() else []
+    check_run_folder(folder, "fit", continues=bool(resume))
 
     started = time.time()
     torch.set_num_threads(args.threads)
     root = make_synthetic_dataset(args.data, "msrvtt")  # the defaults are the demo's dataset
     print(f"[demo] data ready at {root} ({time.time() - started:.0f} s)")
-
-    # An interrupted demo continues where it stopped, a finished one is only re-tested (`make clean-demo`
-    # starts over): `--ckpt_path last` when the run folder holds a last.ckpt.
-    run_folder = Path(yaml.safe_load(Path(args.config).read_text())["trainer"]["default_root_dir"])
-    resume = ["--ckpt_path", "last"] if (run_folder / "checkpoints" / "last.ckpt").is_file() else []
-    cli = run_cli(["fit", "--config", args.config, *resume])
+    cli = run_cli(["fit", "--config", args.config, "--run_dir", str(folder), *resume])
     curriculum = next(c for c in cli.trainer.callbacks if isinstance(c, FrameCurriculum))
     last_stage = len(curriculum.stages) - 1
     final_best = curriculum.best_paths[last_stage]
@@ -94,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "threads": args.threads,
         "seconds": round(time.time() - started, 1),
     }
-    out = Path(cli.trainer.log_dir or ".") / "demo_summary.json"
+    out = cli.run_dir / "demo_summary.json"
     out.write_text(json.dumps(summary, indent=1))
     print("\n[demo] test t2v R@1 {:.1f}% = {:.1f}x chance ({:.1f}%)".format(
         summary["test_t2v_R1"], summary["R1_over_chance"], chance_r1))

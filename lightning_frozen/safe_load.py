@@ -17,6 +17,7 @@ import io
 import os
 import pickle
 import types
+import zipfile
 from pathlib import Path
 from typing import Any, Union
 
@@ -141,8 +142,12 @@ def load_pickle(path: Union[str, os.PathLike]) -> Any:
         raise pickle.UnpicklingError(message) from None
 
 
-def safe_torch_load(path: Union[str, os.PathLike]) -> Any:
-    """``torch.load`` through the restricted unpickler, onto the CPU (``.safetensors`` too)."""
+def safe_torch_load(path: Union[str, os.PathLike], mmap: bool = False) -> Any:
+    """``torch.load`` through the restricted unpickler, onto the CPU (``.safetensors`` too).
+
+    ``mmap=True`` maps the tensors instead of reading them (for a look at the keys, shapes and
+    settings of a large file); files in torch's old format are then read whole.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -151,6 +156,9 @@ def safe_torch_load(path: Union[str, os.PathLike]) -> Any:
 
         return load_file(str(path))
     try:
+        if mmap and zipfile.is_zipfile(path):
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle,
+                              mmap=True)
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path.name}: {err}") from None

@@ -35,10 +35,14 @@ class EmbeddingWriter(BasePredictionWriter):
             return self.output.with_name(f"{self.output.stem}.rank{trainer.global_rank}{self.output.suffix}")
         return self.output
 
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def check_output(self, trainer: pl.Trainer) -> None:
+        """Raise when the output file exists (the `lightning-frozen` command asks before the run starts)."""
         target = self._target(trainer)
         if target.exists():
-            raise FileExistsError(f"{target} exists; refusing to overwrite it. Choose another --output path.")
+            raise FileExistsError(f"{target} exists; refusing to overwrite it: choose another --embeddings.output")
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check_output(trainer)
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:

@@ -93,8 +93,7 @@ def refuse_used_folder(folder: Path, names: Optional[list[str]] = None) -> None:
         shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
         raise FileExistsError(
             f"{folder} already holds checkpoints of an earlier run ({shown}). Continue that run with "
-            "--ckpt_path last, or start a new one in an empty folder (change trainer.default_root_dir "
-            "and the loggers' save_dir, or move the old run away)."
+            "--ckpt_path last, or start a new one in an empty folder (another --run_dir, or move the old run away)."
         )
 
 

@@ -87,7 +87,7 @@ def read_annotations(path: Path) -> pd.Series:
     if not path.is_file():
         raise FileNotFoundError(f"MSR-VTT annotation file '{path}' not found")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark (some editors write one) is skipped
             data = json.load(handle)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"'{path}' is not valid JSON ({err}); replace it with a clean copy") from None

@@ -11,14 +11,18 @@ written to a hidden ``.<name>.partial`` file and renamed when complete, so an ex
 output is always a finished one and is skipped. Every output container is mp4 (H.264),
 whatever the file's extension. Unreadable sources are listed in the summary and left
 out of the mirror. The source is never written to.
+
+The mirror is a folder this command owns (``lightning_frozen.folders``): its marker records the
+source and the settings, a re-run continues only a mirror of the same source and settings, and
+a folder that is neither empty nor such a mirror is refused before anything is written.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,10 +31,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .encode import H264Writer
-from .folder import VIDEO_EXTENSIONS
+from ..arguments import ArgumentParser
+from ..folders import OWN_FILES, owned_folder
 
 PARTIAL_SUFFIX = ".partial"
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_TUNES = ("film", "animation", "grain", "stillimage", "fastdecode", "zerolatency", "psnr", "ssim")
 REPORT = "prepare_report.json"
 
 
@@ -91,6 +97,8 @@ def encode_video(src: Path, dst: Path, settings: EncodeSettings) -> None:
     """Re-encode one video to ``dst`` (atomically: temp file, then rename)."""
     import av
 
+    from .encode import H264Writer
+
     if src.stat().st_size == 0:
         raise ValueError("source file is empty")
     temp = partial_path(dst)
@@ -133,6 +141,11 @@ def encode_video(src: Path, dst: Path, settings: EncodeSettings) -> None:
             temp.unlink()
 
 
+def ignore_interrupts() -> None:
+    """Pool workers leave Ctrl-C to the main process, which stops the pool: one message, not one per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _encode_task(src: str, dst: str, settings: EncodeSettings) -> Optional[str]:
     try:
         encode_video(Path(src), Path(dst), settings)
@@ -164,6 +177,15 @@ def _check_roots(src: Path, dst: Path) -> None:
         )
 
 
+def _check_ranges(**values: Optional[float]) -> None:
+    """Every setting within its range, before anything is encoded (x264 would fail on each file instead)."""
+    lowest = {"short_side": 2, "fps": 1e-3, "keyframe_interval": 1, "workers": 1, "crf": 0}
+    for name, value in values.items():
+        if value is not None and (value < lowest[name] or (name == "crf" and value > 51)):
+            allowed = "0 to 51" if name == "crf" else f">= {lowest[name]}"
+            raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+
+
 def prepare_videos(
     src_root: Union[str, os.PathLike],
     dst_root: Union[str, os.PathLike],
@@ -174,23 +196,34 @@ def prepare_videos(
     crf: int = 23,
     preset: str = "veryfast",
     tune: Optional[str] = "fastdecode",
-    extensions: Sequence[str] = VIDEO_EXTENSIONS,
+    extensions: Optional[Sequence[str]] = None,
     progress: bool = True,
 ) -> PrepareSummary:
     """Mirror ``src_root`` into ``dst_root`` with every video re-encoded (see module doc).
 
     Defaults suit 224 px training: short side 256, a keyframe every 8 frames, source fps
-    kept (``fps`` caps it). ``workers`` defaults to all cores.
+    kept (``fps`` caps it). ``workers`` defaults to all cores; ``extensions`` to VideoFolder's.
     """
-    from tqdm import tqdm
-
-    started = time.perf_counter()
+    if extensions is None:
+        from .folder import VIDEO_EXTENSIONS as extensions
     src, dst = Path(src_root).resolve(), Path(dst_root).resolve()
     _check_roots(src, dst)
+    _check_ranges(short_side=short_side, fps=fps, keyframe_interval=keyframe_interval, workers=workers, crf=crf)
     workers = max(1, workers or os.cpu_count() or 1)
     settings = EncodeSettings(short_side, fps, keyframe_interval, crf, preset, tune,
                               threads=1 if workers > 1 else 0)
-    wanted = {e.lower() for e in extensions}
+    inputs = {"src": str(src), "extensions": sorted(e.lower() for e in extensions),
+              **{k: v for k, v in asdict(settings).items() if k != "threads"}}
+    with owned_folder(dst, "lightning-frozen prepare", inputs, "--dst"):
+        return _mirror(src, dst, settings, inputs["extensions"], workers, progress)
+
+
+def _mirror(src: Path, dst: Path, settings: EncodeSettings, extensions: list[str], workers: int,
+            progress: bool) -> PrepareSummary:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    wanted = set(extensions)
     summary = PrepareSummary()
     todo: list[tuple[str, Path, Path]] = []
     for directory, _, files in os.walk(src, followlinks=True):
@@ -198,7 +231,7 @@ def prepare_videos(
             source = Path(directory) / name
             relative = source.relative_to(src).as_posix()
             target = dst / relative
-            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+            if (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)) or name in OWN_FILES:
                 continue
             if source.suffix.lower() not in wanted:
                 summary.copied += _copy_file(source, target)
@@ -213,11 +246,14 @@ def prepare_videos(
             _record(summary, relative, error)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=ignore_interrupts)
+        try:
             futures = {pool.submit(_encode_task, str(s), str(t), settings): rel for rel, s, t in todo}
             for future in as_completed(futures):
                 _record(summary, futures[future], future.result())
                 bar.update()
+        finally:  # Ctrl-C: the files being encoded finish (or stay .partial), the queued ones never start
+            pool.shutdown(cancel_futures=True)
     bar.close()
     summary.failed = dict(sorted(summary.failed.items()))
     summary.seconds = time.perf_counter() - started
@@ -234,21 +270,22 @@ def _record(summary: PrepareSummary, relative: str, error: Optional[str]) -> Non
         summary.failed[relative] = error
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """Arguments of the prepare command."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="lightning-frozen prepare",
         description="Re-encode a dataset's videos into a mirror folder for fast training.",
     )
     parser.add_argument("--src", required=True, help="dataset root to read (never written)")
-    parser.add_argument("--dst", required=True, help="mirror root to write")
+    parser.add_argument("--dst", required=True, help="mirror root to write (new, empty, or a mirror this command "
+                                                     "made from the same source and settings, which it continues)")
     parser.add_argument("--short-side", type=int, default=256, help="0 keeps the size")
     parser.add_argument("--fps", type=float, default=None, help="cap the frame rate")
     parser.add_argument("--keyframe-interval", type=int, default=8)
     parser.add_argument("--workers", type=int, default=None, help="default: all cores")
     parser.add_argument("--crf", type=int, default=23)
-    parser.add_argument("--preset", default="veryfast")
-    parser.add_argument("--tune", default="fastdecode", help="x264 tune; 'none' for none")
+    parser.add_argument("--preset", default="veryfast", choices=X264_PRESETS)
+    parser.add_argument("--tune", default="fastdecode", choices=(*X264_TUNES, "none"), help="x264 tune")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 

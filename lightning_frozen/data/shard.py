@@ -24,33 +24,39 @@ Three steps, each one resumable, so a re-run after a kill finishes the job:
 The work folder (``--work-dir``) is ``<dst>/.shard`` for a local ``--dst``, and
 ``.shard-work/<bucket>/<prefix>`` under the current folder for a URL. The report,
 ``shard_report.json``, is written there and, for a local ``--dst``, next to the shards.
-A ``--dst`` that already holds shards (``index.json``) is never overwritten.
+
+A local ``--dst`` is a folder this command owns (``lightning_frozen.folders``; for a URL, the
+work folder carries the marker and the lock): a re-run continues only shards of the same
+inputs, a ``--dst`` that already holds finished shards (``index.json``) is never overwritten,
+and a folder that is neither empty nor made by this command is refused before anything is
+written. Ctrl-C stops the run with one line; a re-run continues it.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Optional, Sequence, Union
 from urllib.parse import urlparse
 
-import pandas as pd
+from ..arguments import ArgumentParser
+from ..folders import owned_folder
+from .prepare import ignore_interrupts
 
-from .cc3m import ConceptualCaptions3M
-from .folder import VideoFolder
-from .msrvtt import MSRVTT
-from .prepare import prepare_videos
-from .video import VideoReadError, check_file, pyav_cause, read_image
-from .webvid import WebVid
+if TYPE_CHECKING:
+    import pandas as pd
 
-LAYOUTS = {"webvid": WebVid, "cc3m": ConceptualCaptions3M, "msrvtt": MSRVTT, "folder": VideoFolder}
+# Dataset classes by layout name (imported when a run needs one: `--help` stays light).
+LAYOUTS = {"webvid": "WebVid", "cc3m": "ConceptualCaptions3M", "msrvtt": "MSRVTT", "folder": "VideoFolder"}
 IMAGE_LAYOUTS = ("cc3m",)
 REPORT = "shard_report.json"
 CHECKED = "checked.jsonl"
@@ -90,22 +96,32 @@ def default_work_dir(dst: str) -> Path:
     return Path(".shard-work") / parsed.netloc / parsed.path.strip("/")
 
 
-def source_records(src: Path, layout: str, split: str, cut: Optional[str], metadata: Optional[str]) -> pd.DataFrame:
-    """``id``, ``path`` (relative to src) and ``captions`` of every sample, by the layout's dataset class."""
+def _check_layout(layout: str, cut: Optional[str], prepare: bool) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"--layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+    if cut is not None and layout not in ("webvid", "msrvtt"):
+        raise ValueError(f"--cut applies to the webvid and msrvtt layouts, not {layout!r}")
+    if prepare and layout in IMAGE_LAYOUTS:
+        raise ValueError("--prepare re-encodes videos; the cc3m layout holds images, which are sharded as they are")
+
+
+def source_records(src: Path, layout: str, split: str, cut: Optional[str], metadata: Optional[str]) -> pd.DataFrame:
+    """``id``, ``path`` (relative to src) and ``captions`` of every sample, by the layout's dataset class."""
+    from .. import data
+
+    _check_layout(layout, cut, prepare=False)
     options: dict[str, Any] = {"split": split}
     if cut is not None:
-        if layout not in ("webvid", "msrvtt"):
-            raise ValueError(f"--cut applies to the webvid and msrvtt layouts, not {layout!r}")
         options["cut"] = cut
     if metadata is not None:
         options["captions_csv" if layout == "folder" else "metadata_csv"] = metadata
-    return LAYOUTS[layout](src, **options).records
+    return getattr(data, LAYOUTS[layout])(src, **options).records
 
 
 def verify_media(path: Path, image: bool) -> Optional[str]:
     """None if every frame of the file decodes, else why not (the shard-time check)."""
+    from .video import VideoReadError, pyav_cause, read_image
+
     try:
         if image:
             read_image(path)
@@ -119,6 +135,8 @@ def verify_media(path: Path, image: bool) -> Optional[str]:
 
 def _verify_video(path: Path) -> Optional[str]:
     import av
+
+    from .video import check_file
 
     check_file(path, str(path))  # missing, not a file, empty: a VideoReadError with the cause
     with av.open(str(path)) as container:
@@ -160,7 +178,7 @@ def check_sources(relatives: list[str], media_root: Path, image: bool, log_path:
     with open(log_path, "a") as log, tqdm(total=len(todo), desc="checking sources", unit="file",
                                           disable=not progress) as bar:
         if workers > 1 and len(todo) > 1:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)))
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=ignore_interrupts)
             outcomes = pool.map(_verify_task, todo, chunksize=8)
         else:
             pool, outcomes = None, map(_verify_task, todo)
@@ -170,9 +188,9 @@ def check_sources(relatives: list[str], media_root: Path, image: bool, log_path:
                 log.write(json.dumps({"path": relative, **check._asdict()}) + "\n")
                 log.flush()
                 bar.update()
-        finally:
+        finally:  # Ctrl-C: the checks logged so far are kept, the queued ones never start
             if pool is not None:
-                pool.shutdown()
+                pool.shutdown(cancel_futures=True)
     return {r: results[r] for r in relatives}, reused
 
 
@@ -198,9 +216,12 @@ def byte_count(text: str) -> int:
     raw = text.lower().strip()
     unit = next((u for u in _BYTE_UNITS if raw.endswith(u)), None)
     try:
-        return int(float(raw[: -len(unit)]) * _BYTE_UNITS[unit]) if unit else int(raw)
+        size = int(float(raw[: -len(unit)]) * _BYTE_UNITS[unit]) if unit else int(raw)
     except ValueError:
-        raise ValueError(f"--chunk-bytes {text!r} is not a size; write it like 256MB, 64KB or 1GB") from None
+        size = 0
+    if size <= 0:
+        raise ValueError(f"--chunk-bytes {text!r} is not a size; write it like 256MB, 64KB or 1GB")
+    return size
 
 
 def check_chunk_bytes(chunk_bytes: str, sizes: dict[str, int]) -> None:
@@ -233,6 +254,8 @@ class ShardSample:
 
     def __call__(self, row: int) -> dict[str, Any]:
         if self._records is None:
+            import pandas as pd
+
             self._records = pd.read_json(self.records_path, lines=True, dtype=False).to_dict("records")
         record = self._records[row]
         media = (Path(self.media_root) / record["path"]).read_bytes()
@@ -268,26 +291,43 @@ def shard_dataset(
     progress: bool = True,
 ) -> ShardSummary:
     """Write the LitData shards of one split of a dataset (see the module docstring)."""
-    import litdata
-
-    started = time.perf_counter()
     src_path = Path(src).resolve()
     if not src_path.is_dir():
         raise FileNotFoundError(f"--src '{src}' is not a directory")
     _check_destination(dst, src_path)
-    image = layout in IMAGE_LAYOUTS
-    if prepare and image:
-        raise ValueError("--prepare re-encodes videos; the cc3m layout holds images, which are sharded as they are")
+    _check_layout(layout, cut, prepare)
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    byte_count(chunk_bytes)
     workers = max(1, workers or os.cpu_count() or 1)
     work = Path(work_dir) if work_dir is not None else default_work_dir(dst)
-    work.mkdir(parents=True, exist_ok=True)
+    inputs = {"src": str(src_path), "layout": layout, "split": split, "cut": cut, "metadata": metadata,
+              "prepare": prepare, "workers": workers, "chunk_bytes": chunk_bytes, "seed": seed}
+    # A local --dst carries the marker and the lock; for a URL, the work folder does (it names the URL).
+    owner, option = (work, "--work-dir") if is_url(dst) else (Path(dst), "--dst")
+    elsewhere = {**inputs, "dst": dst}  # a work folder outside --dst records where the shards go
+    with contextlib.ExitStack() as owned:
+        owned.enter_context(owned_folder(owner, "lightning-frozen shard", elsewhere if is_url(dst) else inputs, option))
+        if owner.resolve() not in [work.resolve(), *work.resolve().parents]:  # a --work-dir outside --dst
+            owned.enter_context(owned_folder(work, "lightning-frozen shard", elsewhere, "--work-dir"))
+        return _shard(src_path, layout, dst, split, cut, metadata, prepare, workers, chunk_bytes, seed, work,
+                      progress)
 
-    records = source_records(src_path, layout, split, cut, metadata)
+
+def _shard(src: Path, layout: str, dst: str, split: str, cut: Optional[str], metadata: Optional[str], prepare: bool,
+           workers: int, chunk_bytes: str, seed: int, work: Path, progress: bool) -> ShardSummary:
+    import litdata
+
+    from .prepare import prepare_videos
+
+    started = time.perf_counter()
+    image = layout in IMAGE_LAYOUTS
+    records = source_records(src, layout, split, cut, metadata)
     records = records.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    media_root, broken = src_path, {}
+    media_root, broken = src, {}
     if prepare:
         media_root = work / "prepared"
-        prepared = prepare_videos(src_path, media_root, workers=workers, progress=progress)
+        prepared = prepare_videos(src, media_root, workers=workers, progress=progress)
         broken.update({path: f"prepare: {error}" for path, error in prepared.failed.items()})
     checks, reused = check_sources([p for p in records["path"] if p not in broken], media_root, image,
                                    work / (f"prepared-{CHECKED}" if prepare else CHECKED), workers, progress)
@@ -301,21 +341,54 @@ def shard_dataset(
                                     + _SAMPLE_OVERHEAD for row in good.itertuples()})
     records_path = work / RECORDS
     good[["id", "path", "captions"]].to_json(records_path, orient="records", lines=True)
-    litdata.optimize(
-        fn=ShardSample(str(records_path), str(media_root), "image" if image else "video"),
-        inputs=list(range(len(good))),
-        output_dir=dst,
-        chunk_bytes=byte_count(chunk_bytes),  # read once, the same way the check above read it
-        num_workers=min(workers, len(good)),
-        use_checkpoint=True,
-        start_method=multiprocessing.get_start_method(),  # LitData would force "spawn" on the whole process
-        verbose=progress,
-    )
+    with interruptible():
+        litdata.optimize(
+            fn=ShardSample(str(records_path), str(media_root), "image" if image else "video"),
+            inputs=list(range(len(good))),
+            output_dir=dst,
+            chunk_bytes=byte_count(chunk_bytes),  # read once, as the check above read it
+            num_workers=min(workers, len(good)),
+            use_checkpoint=True,
+            start_method=multiprocessing.get_start_method(),  # LitData would force "spawn" on the whole process
+            verbose=progress,
+        )
+    if not is_url(dst) and not (Path(dst) / "index.json").is_file():
+        raise RuntimeError(f"LitData returned without writing {Path(dst) / 'index.json'}")
     if prepare:
         shutil.rmtree(media_root)  # the shards hold the re-encoded bytes now
     summary.seconds = time.perf_counter() - started
     _write_report(summary, layout, split, work, dst)
     return summary
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C during ``litdata.optimize`` stops the run as it stops any other command.
+
+    LitData answers SIGINT by ending its processes with ``os._exit(0)``: a stopped run looked like
+    a finished one to the shell and to scripts. While it runs, its workers (forked) end quietly
+    instead, and this process raises KeyboardInterrupt (`lightning-frozen` prints one line and exits
+    with code 130). The chunks written so far stay in LitData's checkpoints: a re-run continues.
+    """
+    from litdata.processing import data_processor
+
+    main = os.getpid()
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != main:
+            os._exit(130)
+        raise KeyboardInterrupt
+
+    def install(signum: int, handler: Any) -> Any:
+        return signal.signal(signum, on_interrupt if signum == signal.SIGINT else handler)
+
+    library, handler = data_processor.signal, signal.getsignal(signal.SIGINT)
+    data_processor.signal = types.SimpleNamespace(**{**vars(signal), "signal": install})
+    try:
+        yield
+    finally:
+        data_processor.signal = library
+        signal.signal(signal.SIGINT, handler)
 
 
 def _write_report(summary: ShardSummary, layout: str, split: str, work: Path, dst: str) -> None:
@@ -325,8 +398,8 @@ def _write_report(summary: ShardSummary, layout: str, split: str, work: Path, ds
         (Path(dst) / REPORT).write_text(report)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="lightning-frozen shard",
         description="Write LitData shards of a dataset (one split) for streaming training, locally or to "
                     "object storage (s3://, gs://).",

@@ -22,16 +22,18 @@ PopVision's memory report after compilation.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from torch import nn
+from ..arguments import ArgumentParser
 
-from .pipeline import StageMap, StageMapError, entries, ipus_per_replica, validate
+if TYPE_CHECKING:  # torch loads when a plan is made, not for `ipu-plan --help`
+    from torch import nn
+
+    from .pipeline import StageMap
 
 IPU_MEMORY_BYTES = 900 * 10**6  # Mk2 GC200: 900 MB In-Processor Memory
 _BYTES = {"32": (4, 4, 4), "16.32": (2, 4, 4), "16.16": (2, 2, 2)}  # weights, grad accumulator, optimizer moments
@@ -171,12 +173,11 @@ def build_items(model: Any, g: Geometry, act_bytes: int) -> list[Item]:
     return items
 
 
-class LightningRoot(nn.Module):
+def lightning_root(model: nn.Module) -> nn.Module:
     """Stands in for FrozenModule around a bare FrozenInTime, so that stage-map paths (``model.*``) resolve."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    return nn.ModuleDict({"model": model})
 
 
 @dataclass
@@ -288,6 +289,8 @@ def balance(items: list[Item], num_ipus: int, **plan_kwargs: Any) -> Optional[li
 def assignment_from_map(items: list[Item], stage_map: StageMap, root: nn.Module) -> list[int]:
     """The IPU of every item under ``stage_map``: an entry starts its IPU at the first item it holds, and
     items run on the IPU of the item before them until the next start (poptorch's rule)."""
+    from .pipeline import StageMapError, entries
+
     starts: dict[int, int] = {}
     for entry in entries(stage_map, root):
         inside = {id(m) for m in entry.module.modules()}
@@ -411,13 +414,15 @@ def _compress(names: list[str]) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``lightning-frozen ipu-plan``: print the plan of a config's stage map (and a balanced map)."""
-    parser = argparse.ArgumentParser(prog="lightning-frozen ipu-plan", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="lightning-frozen ipu-plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a LightningCLI YAML with an IPUStrategy")
     parser.add_argument("--balance", action="store_true", help="also propose a balanced stage map")
     parser.add_argument("--json", help="write the plan(s) as JSON here")
     args = parser.parse_args(argv)
 
     import yaml
+
+    from .pipeline import ipus_per_replica, validate
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     strategy = (cfg.get("trainer", {}).get("strategy") or {}).get("init_args", {})
@@ -433,7 +438,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     geometry = _geometry_from_config(cfg, model)
     items = build_items(model, geometry, act_bytes=_BYTES[precision][0])
     stage_map = strategy.get("stage_map") or {"model": 0}
-    root = LightningRoot(model)
+    root = lightning_root(model)
     validate(stage_map, root)
     current = plan(items, assignment_from_map(items, stage_map, root), **kwargs)
     print(f"{args.config}: micro-batch {geometry.batch}, {geometry.frames} frame(s), {geometry.tokens} tokens, "

@@ -20,8 +20,10 @@ import contextlib
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -37,12 +39,13 @@ class Case:
     argv: Callable[[Any], Sequence[str]]
     code: int = 2
     says: Sequence[str] = ()
-    never_says: Sequence[str] = ("Traceback",)
+    never_says: Sequence[str] = ("Traceback (most recent call last)",)
     untouched: Callable[[Any], Sequence[Path]] = lambda workspace: ()
     prepare: Optional[Callable[[Any], None]] = None
     subprocess: bool = False
     max_lines: Optional[int] = 4  # a user's mistake is one message, not a page of usage
     env: dict = field(default_factory=dict)
+    interrupt: Optional[Callable[[Any], bool]] = None  # Ctrl-C (SIGINT to the process group) once this holds
 
 
 def fingerprint(path: Path) -> dict[str, str]:
@@ -57,12 +60,21 @@ def fingerprint(path: Path) -> dict[str, str]:
 
 
 def run_command(argv: Sequence[str], in_subprocess: bool = False, env: Optional[dict] = None,
-                timeout: float = 240) -> tuple[int, str]:
-    """(exit code, stdout + stderr) of ``lightning-frozen argv``."""
-    if in_subprocess:
-        done = subprocess.run([sys.executable, "-m", "lightning_frozen.cli", *argv], capture_output=True, text=True,
-                              env={**os.environ, **(env or {})}, timeout=timeout)
-        return done.returncode, done.stdout + done.stderr
+                timeout: float = 240, interrupt: Optional[Callable[[], bool]] = None) -> tuple[int, str]:
+    """(exit code, stdout + stderr) of ``lightning-frozen argv``; ``interrupt``: in a subprocess, press Ctrl-C
+    (SIGINT to its process group, as a terminal does) once it holds."""
+    if in_subprocess or interrupt is not None:
+        process = subprocess.Popen([sys.executable, "-m", "lightning_frozen.cli", *argv], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+                                   start_new_session=interrupt is not None)
+        if interrupt is not None:
+            deadline = time.monotonic() + timeout
+            while process.poll() is None and not interrupt() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
     from lightning_frozen.cli import main
 
     out = io.StringIO()
@@ -90,7 +102,8 @@ def run_case(case: Case, workspace: Any) -> str:
         case.prepare(workspace)
     watched = list(case.untouched(workspace))
     before = {str(path): fingerprint(path) for path in watched}
-    code, output = run_command(case.argv(workspace), case.subprocess, case.env)
+    interrupt = (lambda: case.interrupt(workspace)) if case.interrupt is not None else None
+    code, output = run_command(case.argv(workspace), case.subprocess, case.env, interrupt=interrupt)
     shown = f"--- {case.name}: exit {code}\n{output[-3000:]}"
     assert code == case.code, shown
     lowered = output.lower()

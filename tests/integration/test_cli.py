@@ -42,3 +42,29 @@ def test_tool_commands_dispatch_and_unknown_commands_fail_by_name(tmp_path, caps
         main(["trian"])
     assert exit_info.value.code == 2
     assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+LIGHT_HELP = """
+import contextlib, io, sys
+from lightning_frozen.cli import main
+loaded = sorted(m for m in ("torch", "pytorch_lightning", "lightning_fabric") if m in sys.modules)
+print("import:", loaded)
+for argv in ([], ["--help"], *([tool, "--help"] for tool in ("synthetic", "prepare", "shard", "demo", "ipu-plan"))):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), (argv, exit_.code)
+    assert "usage:" in out.getvalue(), argv
+heavy = ("torch", "pytorch_lightning", "lightning_fabric", "pandas", "av")
+print("help:", sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_the_command_and_its_tools_help_load_neither_torch_nor_lightning():
+    """`lightning-frozen --help` and the data tools' `--help` answer at once: nothing heavy is imported until a
+    subcommand runs (a fresh interpreter, so that nothing loaded by other tests counts)."""
+    result = subprocess.run([sys.executable, "-c", LIGHT_HELP], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["import: []", "help: []"], result.stdout

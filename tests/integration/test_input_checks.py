@@ -94,6 +94,14 @@ def test_broken_json_names_the_file(editable_msrvtt):
         MSRVTT(editable_msrvtt, split="train")
 
 
+def test_json_annotations_with_a_byte_order_mark_are_read_as_a_csv_with_one_is(editable_msrvtt):
+    path = editable_msrvtt / ANNOTATION
+    plain = MSRVTT(editable_msrvtt, split="train", frame_size=32).records
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = MSRVTT(editable_msrvtt, split="train", frame_size=32).records
+    assert list(marked["id"]) == list(plain["id"]) and list(marked["captions"]) == list(plain["captions"])
+
+
 def test_webvid_empty_caption_and_broken_csv_name_the_file(tmp_path):
     root = make_synthetic_dataset(tmp_path / "webvid", "webvid", num_train=3, num_test=1, num_frames_per_video=2,
                                   size=(16, 16))

@@ -18,19 +18,18 @@ TOTAL_STEPS = STEPS_PER_EPOCH * sum(s["epochs"] for s in STAGES)
 
 
 def run_config(tmp_path: Path, data_root: Path, text_dir: str, run: str, kill_at: int = None) -> Path:
-    """The test's training run, in `tmp_path/run`: every 2 steps a last.ckpt, workers on, dropout on."""
-    folder = tmp_path / run
-    folder.mkdir(exist_ok=True)
-    config = yaml.safe_load(tiny_config(folder, data_root, text_dir, stages=STAGES).read_text())
+    """The test's training run, in the run folder `tmp_path/run` (its configs beside it: a fresh fit needs an
+    empty run folder): every 2 steps a last.ckpt, workers on, dropout on."""
+    config = yaml.safe_load(tiny_config(tmp_path, data_root, text_dir, stages=STAGES).read_text())
     trainer = config["trainer"]
-    trainer.update(deterministic=True, enable_checkpointing=True)
+    trainer.update(deterministic=True, enable_checkpointing=True, default_root_dir=str(tmp_path / run))
     trainer["callbacks"][0]["init_args"].pop("dirpath")  # stage files go into the run's checkpoints/ too
     trainer["callbacks"].append({"class_path": "lightning_frozen.callbacks.LastCheckpoint",
                                  "init_args": {"every_n_train_steps": 2}})
     if kill_at is not None:
         trainer["callbacks"].append({"class_path": "helpers.kill_switch.KillAtStep", "init_args": {"step": kill_at}})
     config["data"].update(num_workers=2, persistent_workers=True)
-    path = folder / f"kill_at_{kill_at}.yaml"
+    path = tmp_path / f"{run}_kill_at_{kill_at}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

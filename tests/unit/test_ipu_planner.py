@@ -68,7 +68,7 @@ def test_training_flops_agree_with_torch_flop_counter(setup):
     model, _, items, inputs = setup
     total, _ = torch_flops(model, inputs, backward=True)
     stage_map = CONFIG["trainer"]["strategy"]["init_args"]["stage_map"]
-    assignment = planner.assignment_from_map(items, stage_map, planner.LightningRoot(model))
+    assignment = planner.assignment_from_map(items, stage_map, planner.lightning_root(model))
     # the whole text tower (and the text projection after it) on IPU 0, the patch embedding and two blocks on 1
     assert assignment == [0] * (1 + 3 + 1) + [1] * 3 + [2] * 3
     no_recompute = planner.plan(items, assignment, recompute=False)
@@ -98,7 +98,7 @@ def test_balance_minimises_the_slowest_stage_within_memory(setup, monkeypatch):
     model, _, items, _ = setup
     assignment = planner.balance(items, 3)
     proposed = planner.map_from_assignment(items, assignment)
-    root = planner.LightningRoot(model)
+    root = planner.lightning_root(model)
     pipeline.validate(proposed, root, num_ipus=3)
     assert planner.assignment_from_map(items, proposed, root) == assignment
     costs = [it.training_flops(True) for it in items]
@@ -132,4 +132,4 @@ def test_map_finer_than_a_layer_is_named(setup):
     model, _, items, _ = setup
     with pytest.raises(StageMapError, match=r"model\.video_model\.blocks\.1\.attn holds none of the planned units"):
         planner.assignment_from_map(items, {"model.text_model": 0, "model.video_model.blocks.1.attn": 1},
-                                    planner.LightningRoot(model))
+                                    planner.lightning_root(model))

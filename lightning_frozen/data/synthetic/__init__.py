@@ -1,24 +1,20 @@
 """Synthetic text-video data in the real MSR-VTT, WebVid and CC3M layouts (real mp4 files).
 
 ``clips`` draws what a clip shows, ``layouts`` writes datasets, ``cli`` is `lightning-frozen synthetic`.
+Names load on first use, so the command's ``--help`` needs neither numpy nor PyAV.
 """
 
-from .clips import (
-    COLOURS,
-    DIRECTIONS,
-    FOREGROUNDS,
-    IMAGE_TEMPLATES,
-    SHAPES,
-    VIDEO_TEMPLATES,
-    ClipSpec,
-    caption,
-    random_spec,
-    render_clip,
-)
-from .layouts import BROKEN_KINDS, LAYOUTS, MANIFEST, SyntheticParams, make_synthetic_dataset
+_CLIPS = ("COLOURS", "DIRECTIONS", "FOREGROUNDS", "IMAGE_TEMPLATES", "SHAPES", "VIDEO_TEMPLATES", "ClipSpec", "caption",
+          "random_spec", "render_clip")
+_LAYOUTS = ("BROKEN_KINDS", "LAYOUTS", "MANIFEST", "SyntheticParams", "make_synthetic_dataset")
+_LAZY = {**{name: ".clips" for name in _CLIPS}, **{name: ".layouts" for name in _LAYOUTS}}
 
-__all__ = [
-    "BROKEN_KINDS", "COLOURS", "DIRECTIONS", "FOREGROUNDS", "IMAGE_TEMPLATES", "LAYOUTS", "MANIFEST", "SHAPES",
-    "VIDEO_TEMPLATES", "ClipSpec", "SyntheticParams", "caption", "make_synthetic_dataset", "random_spec",
-    "render_clip",
-]
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

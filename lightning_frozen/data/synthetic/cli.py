@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ...arguments import ArgumentParser
 from .layouts import LAYOUTS, SyntheticParams, make_synthetic_dataset
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> ArgumentParser:
     """Arguments of the synthetic-data command; defaults are ``SyntheticParams``'s."""
     d = SyntheticParams()
-    parser = argparse.ArgumentParser(prog="lightning-frozen synthetic",
+    parser = ArgumentParser(prog="lightning-frozen synthetic",
                                      description="Write a synthetic text-video dataset in a real layout.")
     parser.add_argument("--root", required=True, help="folder to create (new or empty)")
     parser.add_argument("--layout", choices=LAYOUTS, default=d.layout)

@@ -21,7 +21,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..encode import write_video
 from .clips import FOREGROUNDS, SHAPES, ClipSpec, caption, random_spec, render_clip
 
 LAYOUTS = ("msrvtt", "webvid", "cc3m")
@@ -83,6 +82,8 @@ class _Writer:
         return random_spec(rng, self.params.num_colours, self.params.num_shapes)
 
     def video(self, relative: str, key: tuple[int, ...]) -> ClipSpec:
+        from ..encode import write_video
+
         rng = self.rng(*key)
         spec = self.spec(rng)
         path = self.root / relative
@@ -298,6 +299,11 @@ def make_synthetic_dataset(root: Union[str, os.PathLike], layout: str = "msrvtt"
         if root.exists():
             root.rmdir()  # empty (checked above)
         os.replace(staging, root)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _check_existing(root, params):  # a run beside this one finished the same dataset first
+            return root
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
