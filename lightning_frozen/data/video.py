@@ -79,6 +79,64 @@ def sample_frame_indices(
     return [s + min(int(o), e - s - 1) for s, e, o in zip(starts, ends, offsets.tolist())]
 
 
+def sample_clip_indices(
+    num_video_frames: int,
+    num_frames: int,
+    num_clips: int = 1,
+    frame_interval: Optional[int] = None,
+    mode: SampleMode = "rand",
+    fix_start: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> list[int]:
+    """Frame indices of ``num_clips`` clips of ``num_frames`` frames each, clip after clip.
+
+    The video is split into ``num_clips`` equal segments (sparse sampling, as ClipBERT trains)
+    and each segment gives one clip. Without ``frame_interval`` a clip's frames are spread over
+    its segment (``sample_frame_indices``). With it they are ``frame_interval`` frames apart
+    (the TimeSformer/ViViT sampler): the clip starts at a random offset inside the segment
+    ("rand"), at the offset that centres it ("uniform") or at ``fix_start`` (kept inside); a
+    clip longer than its segment starts at the segment's first frame and repeats the last one.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    if num_clips < 1:
+        raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
+    if frame_interval is not None and frame_interval < 1:
+        raise ValueError(f"frame_interval must be >= 1 frame (or null to spread the frames), got {frame_interval}")
+    indices: list[int] = []
+    for first, end in _segments(num_video_frames, num_clips):
+        length = end - first
+        if frame_interval is None:
+            chosen = sample_frame_indices(length, num_frames, mode, fix_start, generator)
+        else:
+            chosen = _strided(length, num_frames, frame_interval, mode, fix_start, generator)
+        indices.extend(first + i for i in chosen)
+    return indices
+
+
+def _segments(count: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` equal intervals ``[floor(i*n/p), floor((i+1)*n/p))`` of ``count`` frames, none empty."""
+    starts = [min(i * count // parts, count - 1) for i in range(parts)]
+    return [(s, max((i + 1) * count // parts, s + 1)) for i, s in enumerate(starts)]
+
+
+def _strided(length: int, num_frames: int, interval: int, mode: SampleMode, fix_start: Optional[int],
+             generator: Optional[torch.Generator]) -> list[int]:
+    """``num_frames`` indices ``interval`` apart inside ``[0, length)``."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    room = length - ((num_frames - 1) * interval + 1)  # free frames around the clip
+    if room <= 0:
+        offset = 0
+    elif fix_start is not None:
+        offset = min(fix_start, room)
+    elif mode == "uniform":
+        offset = room // 2
+    else:
+        offset = int(torch.randint(room + 1, (1,), generator=generator))
+    return [min(offset + k * interval, length - 1) for k in range(num_frames)]
+
+
 def scaled_size(height: int, width: int, size: int) -> tuple[int, int]:
     """(height, width) with the short side scaled to ``size``, aspect ratio kept."""
     if height <= width:
@@ -106,6 +164,8 @@ def read_frames(
     num_threads: int = 1,
     generator: Optional[torch.Generator] = None,
     backend: str = "pyav",
+    num_clips: int = 1,
+    frame_interval: Optional[int] = None,
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames of a video as uint8 ``[F, 3, size, size]``.
 
@@ -120,11 +180,15 @@ def read_frames(
     it cannot index by timestamp (variable frame rate) fall back to decord.
     ``backend="decord"`` decodes with decord, scaled while decoding when ``size`` is
     given (short side to ``size``); both give the same pixels.
+
+    ``num_clips`` and ``frame_interval`` choose the frames as ``sample_clip_indices`` does;
+    the ``num_clips * num_frames`` frames come back clip after clip.
     """
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return read_image(path, size=size, name=name)
-    choose = functools.partial(_sample, num_frames, mode, fix_start, generator)
+    choose = functools.partial(sample_clip_indices, num_frames=num_frames, num_clips=num_clips,
+                               frame_interval=frame_interval, mode=mode, fix_start=fix_start, generator=generator)
     return read_chosen_frames(path, choose, size, name=name, num_threads=num_threads, backend=backend)
 
 
@@ -161,6 +225,8 @@ def decode_frames(
     num_threads: int = 1,
     generator: Optional[torch.Generator] = None,
     backend: str = "pyav",
+    num_clips: int = 1,
+    frame_interval: Optional[int] = None,
 ) -> torch.Tensor:
     """``read_frames`` for a video held in memory (a shard's sample): same sampling, same pixels.
 
@@ -169,18 +235,14 @@ def decode_frames(
     _check_backend(backend)
     if len(data) == 0:
         raise VideoReadError(name, "no bytes (empty video)")
-    choose = functools.partial(_sample, num_frames, mode, fix_start, generator)
+    choose = functools.partial(sample_clip_indices, num_frames=num_frames, num_clips=num_clips,
+                               frame_interval=frame_interval, mode=mode, fix_start=fix_start, generator=generator)
     return _decode_chosen(data, name, choose, size, num_threads, backend)
 
 
 def _check_backend(backend: str) -> None:
     if backend not in ("decord", "pyav"):
         raise ValueError(f"backend must be 'decord' or 'pyav', got {backend!r}")
-
-
-def _sample(num_frames: int, mode: SampleMode, fix_start: Optional[int], generator: Optional[torch.Generator],
-            length: int) -> list[int]:
-    return sample_frame_indices(length, num_frames, mode, fix_start, generator)
 
 
 def _decode_chosen(media: Media, shown: str, choose: Callable[[int], list[int]], size: Optional[int],
