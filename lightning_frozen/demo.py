@@ -40,8 +40,7 @@ def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) 
                                               motion=DIRECTIONS[d][1][0]) for d in directions]
             tokens = tokenizer(captions, padding=True, return_tensors="pt")
             video = datamodule.eval_transform(item["video"].unsqueeze(0))
-            text_emb = cli_module.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-            video_emb = cli_module.model.encode_video(video)
+            text_emb, video_emb = cli_module.embed_pairs({"video": video, **tokens})  # one clip or several
             best = int(cli_module.model.similarity(text_emb, video_emb)[:, 0].argmax())
             correct += directions[best] == spec["direction"]
             total += 1
