@@ -4,8 +4,9 @@ from .base import TextVideoDataset
 from .cc3m import ConceptualCaptions3M
 from .core import Record, RunState, TextMediaDataset
 from .folder import VideoFolder
+from .kinetics import Kinetics
 from .msrvtt import MSRVTT
-from .video import VideoReadError, read_frames, read_image, sample_frame_indices
+from .video import VideoReadError, read_frames, read_image, sample_clip_indices, sample_frame_indices
 from .webvid import WebVid
 
 # Loaded on first use: the command modules, and collation, on-device augmentation and the
@@ -26,8 +27,9 @@ _LAZY = {
 
 
 __all__ = [
-    "MSRVTT", "ConceptualCaptions3M", "Record", "RunState", "TextMediaDataset", "TextVideoDataset", "VideoFolder",
-    "VideoReadError", "WebVid", "read_frames", "read_image", "sample_frame_indices", *_LAZY,
+    "MSRVTT", "ConceptualCaptions3M", "Kinetics", "Record", "RunState", "TextMediaDataset", "TextVideoDataset",
+    "VideoFolder", "VideoReadError", "WebVid", "read_frames", "read_image", "sample_clip_indices",
+    "sample_frame_indices", *_LAZY,
 ]
 
 

@@ -1,4 +1,4 @@
-"""Synthetic text-video data in the real MSR-VTT, WebVid and CC3M layouts (real mp4 files).
+"""Synthetic text-video data in the real MSR-VTT, WebVid, CC3M and Kinetics layouts (real mp4 files).
 
 ``clips`` draws what a clip shows, ``layouts`` writes datasets, ``cli`` is `lightning-frozen synthetic`.
 """
@@ -15,10 +15,18 @@ from .clips import (
     random_spec,
     render_clip,
 )
-from .layouts import BROKEN_KINDS, LAYOUTS, MANIFEST, SyntheticParams, make_synthetic_dataset
+from .layouts import (
+    BROKEN_KINDS,
+    LAYOUTS,
+    MANIFEST,
+    SyntheticParams,
+    action_label,
+    action_labels,
+    make_synthetic_dataset,
+)
 
 __all__ = [
     "BROKEN_KINDS", "COLOURS", "DIRECTIONS", "FOREGROUNDS", "IMAGE_TEMPLATES", "LAYOUTS", "MANIFEST", "SHAPES",
-    "VIDEO_TEMPLATES", "ClipSpec", "SyntheticParams", "caption", "make_synthetic_dataset", "random_spec",
-    "render_clip",
+    "VIDEO_TEMPLATES", "ClipSpec", "SyntheticParams", "action_label", "action_labels", "caption",
+    "make_synthetic_dataset", "random_spec", "render_clip",
 ]
