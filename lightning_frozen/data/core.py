@@ -152,8 +152,8 @@ class TextMediaDataset(Dataset):
         mode: "rand" or "uniform" frame sampling; None follows the split.
         frame_interval: frames a fixed stride apart (the TimeSformer/ViViT sampler: a clip spans
             (F - 1) * interval + 1 frames); None spreads the F frames over the whole video.
-        clips_per_video: N clips per item, one from each of N equal segments of the video (ClipBERT's
-            sparse sampling); N > 1 makes ``video`` ``[N, F, 3, H, W]``.
+        clips_per_video: N clips per item spread over the video (ClipBERT's sparse sampling: one from
+            each of N equal segments; see ``sample_clip_indices``); N > 1 makes ``video`` ``[N, F, 3, H, W]``.
         num_threads: decoder threads per clip.
         decode_backend: "pyav" (sparse decoding, the default) or "decord".
         loading: "strict" names the first unreadable sample and stops; "lax" replaces it by the next

@@ -90,27 +90,30 @@ def sample_clip_indices(
 ) -> list[int]:
     """Frame indices of ``num_clips`` clips of ``num_frames`` frames each, clip after clip.
 
-    The video is split into ``num_clips`` equal segments (sparse sampling, as ClipBERT trains)
-    and each segment gives one clip. Without ``frame_interval`` a clip's frames are spread over
-    its segment (``sample_frame_indices``). With it they are ``frame_interval`` frames apart
-    (the TimeSformer/ViViT sampler): the clip starts at a random offset inside the segment
-    ("rand"), at the offset that centres it ("uniform") or at ``fix_start`` (kept inside); a
-    clip longer than its segment starts at the segment's first frame and repeats the last one.
+    Without ``frame_interval`` the video is split into ``num_clips`` equal segments (sparse
+    sampling, as ClipBERT trains) and each segment's clip spreads its frames over the segment
+    (``sample_frame_indices``). With it a clip's frames are ``frame_interval`` apart (the
+    TimeSformer/ViViT sampler) and the clips' first frames are spread over the video: the frames a
+    clip can start at are split into ``num_clips`` equal parts and clip i starts in part i, at
+    random ("rand"), in its middle ("uniform") or ``fix_start`` frames into it (kept inside), so
+    long clips may overlap. A clip longer than the video starts at frame 0 and repeats the last.
     """
     if num_video_frames < 1:
         raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if num_clips < 1:
         raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
     if frame_interval is not None and frame_interval < 1:
         raise ValueError(f"frame_interval must be >= 1 frame (or null to spread the frames), got {frame_interval}")
+    if frame_interval is None:
+        return [first + i for first, end in _segments(num_video_frames, num_clips)
+                for i in sample_frame_indices(end - first, num_frames, mode, fix_start, generator)]
+    room = num_video_frames - ((num_frames - 1) * frame_interval + 1)  # the last frame a clip can start at
     indices: list[int] = []
-    for first, end in _segments(num_video_frames, num_clips):
-        length = end - first
-        if frame_interval is None:
-            chosen = sample_frame_indices(length, num_frames, mode, fix_start, generator)
-        else:
-            chosen = _strided(length, num_frames, frame_interval, mode, fix_start, generator)
-        indices.extend(first + i for i in chosen)
+    for first, end in _segments(room + 1, num_clips) if room >= 0 else [(0, 1)] * num_clips:
+        start = first + _offset(end - first, mode, fix_start, generator)
+        indices.extend(min(start + k * frame_interval, num_video_frames - 1) for k in range(num_frames))
     return indices
 
 
@@ -120,21 +123,13 @@ def _segments(count: int, parts: int) -> list[tuple[int, int]]:
     return [(s, max((i + 1) * count // parts, s + 1)) for i, s in enumerate(starts)]
 
 
-def _strided(length: int, num_frames: int, interval: int, mode: SampleMode, fix_start: Optional[int],
-             generator: Optional[torch.Generator]) -> list[int]:
-    """``num_frames`` indices ``interval`` apart inside ``[0, length)``."""
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    room = length - ((num_frames - 1) * interval + 1)  # free frames around the clip
-    if room <= 0:
-        offset = 0
-    elif fix_start is not None:
-        offset = min(fix_start, room)
-    elif mode == "uniform":
-        offset = room // 2
-    else:
-        offset = int(torch.randint(room + 1, (1,), generator=generator))
-    return [min(offset + k * interval, length - 1) for k in range(num_frames)]
+def _offset(length: int, mode: SampleMode, fix_start: Optional[int], generator: Optional[torch.Generator]) -> int:
+    """A position in ``[0, length)``: ``fix_start`` (kept inside), the middle ("uniform") or a random one."""
+    if fix_start is not None:
+        return min(fix_start, length - 1)
+    if mode == "uniform":
+        return (length - 1) // 2
+    return int(torch.randint(length, (1,), generator=generator))
 
 
 def scaled_size(height: int, width: int, size: int) -> tuple[int, int]:

@@ -22,22 +22,23 @@ def test_frame_interval_is_a_fixed_stride_centred_at_test_time():
     assert sample_clip_indices(20, 4, frame_interval=3, mode="uniform") == [5, 8, 11, 14]
     assert sample_clip_indices(20, 4, frame_interval=3, fix_start=2) == [2, 5, 8, 11]
     assert sample_clip_indices(20, 4, frame_interval=3, fix_start=50) == [10, 13, 16, 19]  # kept inside
-    # two clips of a 10-frame span fill their 10-frame segments exactly
-    assert sample_clip_indices(20, 4, num_clips=2, frame_interval=3, mode="uniform") == [0, 3, 6, 9, 10, 13, 16, 19]
+    # two clips: the 11 first frames a 10-frame clip can have (0-10) split into 0-4 and 5-10, middles 2 and 7
+    assert sample_clip_indices(20, 4, num_clips=2, frame_interval=3, mode="uniform") == [2, 5, 8, 11, 7, 10, 13, 16]
     # a clip longer than the video starts at frame 0 and repeats the last frame
     assert sample_clip_indices(20, 4, frame_interval=8, mode="rand") == [0, 8, 16, 19]
 
 
-def test_random_strided_clips_start_anywhere_the_clip_fits():
-    starts = set()
+def test_random_strided_clips_start_anywhere_in_their_part():
+    starts: tuple[set, set] = (set(), set())
     for seed in range(300):
         generator = torch.Generator().manual_seed(seed)
         indices = sample_clip_indices(20, 4, num_clips=2, frame_interval=2, mode="rand", generator=generator)
         first, second = indices[:4], indices[4:]
         assert np.diff(first).tolist() == [2, 2, 2] and np.diff(second).tolist() == [2, 2, 2]
-        assert 0 <= first[0] and first[-1] < 10 and 10 <= second[0] and second[-1] < 20  # each in its segment
-        starts.add(first[0])
-    assert starts == set(range(4))  # span 7 in a 10-frame segment: offsets 0..3, all drawn
+        starts[0].add(first[0])
+        starts[1].add(second[0])
+    # a 7-frame clip starts at frames 0-13: the first clip anywhere in 0-6, the second in 7-13, all drawn
+    assert starts == (set(range(7)), set(range(7, 14)))
     again = [sample_clip_indices(20, 4, 2, 2, "rand", generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert again[0] == again[1]
 
@@ -62,9 +63,9 @@ def grey_folder(tmp_path_factory):
     return root
 
 
-# 2 frames a clip: 2 clips spread over their halves; 2 clips of stride 3 (span 4, 3 free frames before it in
-# each 10-frame half); 1 clip of stride 4 (span 5, centred in 20 frames)
-@pytest.mark.parametrize("clips,interval,indices", [(2, None, [2, 7, 12, 17]), (2, 3, [3, 6, 13, 16]),
+# 2 frames a clip: 2 clips spread over their halves; 2 clips of stride 3 (span 4: first frames 0-16, split into
+# 0-7 and 8-16, middles 3 and 12); 1 clip of stride 4 (span 5, centred in 20 frames)
+@pytest.mark.parametrize("clips,interval,indices", [(2, None, [2, 7, 12, 17]), (2, 3, [3, 6, 12, 15]),
                                                     (1, 4, [7, 11])])
 def test_dataset_items_hold_the_sampled_clips(grey_folder, clips, interval, indices):
     dataset = frames(VideoFolder(grey_folder, frame_size=None, clips_per_video=clips, frame_interval=interval), 2)
