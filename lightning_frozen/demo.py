@@ -36,9 +36,8 @@ def direction_accuracy(cli_module, datamodule, dataset_root: Path, frames: int) 
             tokens = tokenizer(captions, padding=True, return_tensors="pt")
             video = datamodule.eval_transform(item["video"].unsqueeze(0))
             with torch.no_grad():
-                text_emb = cli_module.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-                video_emb = cli_module.model.encode_video(video)
-                best = int(cli_module.model.similarity(text_emb, video_emb)[:, 0].argmax())
+                text_emb, video_emb = cli_module.embed_pairs({"video": video, **tokens})  # one clip or several
+            best = int(cli_module.model.similarity(text_emb, video_emb)[:, 0].argmax())
             correct += directions[best] == spec["direction"]
             total += 1
     return 100.0 * correct / total

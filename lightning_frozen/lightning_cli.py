@@ -1,16 +1,21 @@
 """FrozenCLI: LightningCLI over FrozenModule and FrozenDataModule (fit / validate / test / predict).
 
 The `lightning-frozen` command (``lightning_frozen.cli``) dispatches to it; the demo uses it
-to run the same `fit` a user would.
+to run the same `fit` a user would. The model is FrozenModule or a subclass of it, chosen by
+``model.class_path`` (LightningCLI's subclass mode; FrozenModule when a config names none, so
+its flat ``model:`` sections stay as they are), e.g. ``lightning_frozen.classification.VideoClassifier``.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
+from jsonargparse import Namespace
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint, ModelSummary
@@ -87,8 +92,9 @@ class FrozenCLI(LightningCLI):
         parser.add_argument("--run_dir", type=Optional[str], default=None, help=RUN_DIR_HELP)
         # What the data must agree on with the model is said once, by the model: its tokenizer and
         # the frames per clip (a frame curriculum schedules fewer per epoch).
-        parser.link_arguments("model.text.name_or_path", "data.tokenizer")
-        parser.link_arguments("model.video.num_frames", "data.num_frames")
+        parser.set_defaults({"model": {"class_path": f"{FrozenModule.__module__}.{FrozenModule.__name__}"}})
+        parser.link_arguments("model.init_args.text.name_or_path", "data.tokenizer")
+        parser.link_arguments("model.init_args.video.num_frames", "data.num_frames")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_data_seed)
         parser.add_lightning_class_args(EmbeddingWriter, "embeddings")
 
@@ -103,16 +109,17 @@ class FrozenCLI(LightningCLI):
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
         if not hparams:
             return
-        parser = self._parser(subcommand)
-        known = {action.dest for action in parser._actions}
-        defaults = {f"model.{key}": value for key, value in hparams.items() if f"model.{key}" in known}
-        if "video" in hparams:  # dataclass groups take their fields one by one
-            model = ModelConfig.from_checkpoint(checkpoint, Path(path).name).to_dict()
-            for group in ("video", "text"):
-                for field, value in model[group].items():
-                    if f"model.{group}.{field}" in known:
-                        defaults[f"model.{group}.{field}"] = value
-        parser.set_defaults(defaults)
+        model = self.config[subcommand].get("model")
+        class_path = hparams.get("_class_path") or (model.class_path if isinstance(model, Namespace) else None)
+        if not class_path:
+            return
+        module, _, name = class_path.rpartition(".")
+        accepted = inspect.signature(getattr(importlib.import_module(module), name).__init__).parameters
+        init_args = {key: value for key, value in hparams.items() if key in accepted and key != "self"}
+        if "video" in hparams:  # the recorded towers, as plain dicts of the current config fields
+            init_args.update(ModelConfig.from_checkpoint(checkpoint, Path(path).name).to_dict())
+        # the checkpoint's class and settings as defaults: the config and the command line are parsed over them
+        self._parser(subcommand).set_defaults({"model": {"class_path": class_path, "init_args": init_args}})
         self.parse_arguments(self.parser, self._command_line)
 
     def before_instantiate_classes(self) -> None:
@@ -289,5 +296,5 @@ def _as_list(value: Any) -> list:
 def run_cli(args: Optional[list[str]] = None, run: bool = True) -> FrozenCLI:
     """Parse `args` (default sys.argv) and run the subcommand (`run=False`: only build the objects)."""
     quiet_library_output()
-    return FrozenCLI(FrozenModule, FrozenDataModule, args=args, run=run, save_config_callback=None,
-                     parser_class=FrozenArgumentParser, parser_kwargs={"prog": PROG})
+    return FrozenCLI(FrozenModule, FrozenDataModule, args=args, run=run, subclass_mode_model=True,
+                     save_config_callback=None, parser_class=FrozenArgumentParser, parser_kwargs={"prog": PROG})

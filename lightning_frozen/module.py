@@ -17,6 +17,7 @@ from .metrics import RetrievalMetrics, format_metrics_table
 from .models import TextConfig, VideoConfig, create_model, load_checkpoint, load_pretrained_towers
 from .models.checkpoint import TemporalFix
 from .models.config import DictConfig
+from .similarity import mean_consensus
 
 # Parameters without weight decay: norms and biases (1-D) and learned embeddings.
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "temporal_embed", "_embeddings.")
@@ -162,8 +163,16 @@ class FrozenModule(pl.LightningModule):
         return self._run_model()(video, input_ids, attention_mask)
 
     def embed_pairs(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """(text embeddings, video embeddings) of a batch."""
-        return self(batch["video"], batch["input_ids"], batch["attention_mask"])
+        """(text embeddings, video embeddings) of a batch.
+
+        Several clips a video (``[B, N, F, 3, H, W]``: ``clips_per_video``, or test crops) are
+        encoded one by one and their embeddings combined by ``mean_consensus`` into the video's.
+        """
+        video = batch["video"]
+        if video.ndim == 5:
+            return self(video, batch["input_ids"], batch["attention_mask"])
+        text_emb, clip_emb = self(video.flatten(0, 1), batch["input_ids"], batch["attention_mask"])
+        return text_emb, mean_consensus(clip_emb, video.shape[1])
 
     def update_retrieval(self, stage: str, batch: dict[str, Any], text_emb: Tensor, video_emb: Tensor) -> None:
         """Add a batch's embeddings to the stage's retrieval metric (k captions per video allowed)."""

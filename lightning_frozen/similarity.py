@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["dual_softmax", "normalize", "querybank_normalize", "querybank_stats", "sim_matrix"]
+__all__ = ["dual_softmax", "mean_consensus", "normalize", "querybank_normalize", "querybank_stats", "sim_matrix"]
 
 
 def normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -25,6 +25,20 @@ def sim_matrix(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
             f"{tuple(a.shape)} and {tuple(b.shape)}; flatten extra dims first."
         )
     return normalize(a, eps) @ normalize(b, eps).t()
+
+
+def mean_consensus(clip_emb: Tensor, clips: int) -> Tensor:
+    """One embedding per video from the embeddings of its ``clips`` clips ([B*N, d], video-major):
+    the mean of their unit vectors (ClipBERT's mean consensus of the clips, for a dual encoder).
+
+    A text's mean cosine similarity over the clips equals its dot product with this vector; the
+    cosine used everywhere else divides that by the vector's norm, so each clip counts equally and
+    the video stays one direction in the joint space (the loss, the metrics and a search index
+    each keep one vector per video).
+    """
+    if clip_emb.ndim != 2 or clip_emb.shape[0] % clips:
+        raise ValueError(f"mean_consensus expects [videos * {clips}, d] clip embeddings, got {tuple(clip_emb.shape)}")
+    return normalize(clip_emb).view(-1, clips, clip_emb.shape[1]).mean(1)
 
 
 def querybank_stats(bank_sims: Tensor, beta: float = 20.0) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,8 @@ position into the item all of them return:
 
     {"video": uint8 [F, 3, H, W], "text": str (or k strings), "meta": {"id", "path", "dataset", "index", ...}}
 
+(``clips_per_video: N`` > 1: ``video`` is ``[N, F, 3, H, W]``, N clips sampled sparsely over the video.)
+
 with the frame count, the epoch and the seed read per item from the ``RunState``, the frames and
 the caption drawn from a generator keyed by where the item sits in the run, and an unreadable
 sample replaced (lax) and counted, or named (strict).
@@ -25,9 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -117,6 +119,7 @@ class Record:
     captions: Sequence[str]
     media: Union[Path, bytes, memoryview]
     image: bool = False                    # a still image: read as a one-frame clip
+    meta: Mapping[str, Any] = field(default_factory=dict)  # what else the item's meta carries (a class label)
 
 
 class SkipCount:
@@ -147,6 +150,10 @@ class TextMediaDataset(Dataset):
         frame_size: the square side clips come back at (None: the native size).
         fix_start: a fixed frame offset inside each interval (multi-clip testing, sliding windows).
         mode: "rand" or "uniform" frame sampling; None follows the split.
+        frame_interval: frames a fixed stride apart (the TimeSformer/ViViT sampler: a clip spans
+            (F - 1) * interval + 1 frames); None spreads the F frames over the whole video.
+        clips_per_video: N clips per item spread over the video (ClipBERT's sparse sampling: one from
+            each of N equal segments; see ``sample_clip_indices``); N > 1 makes ``video`` ``[N, F, 3, H, W]``.
         num_threads: decoder threads per clip.
         decode_backend: "pyav" (sparse decoding, the default) or "decord".
         loading: "strict" names the first unreadable sample and stops; "lax" replaces it by the next
@@ -166,6 +173,8 @@ class TextMediaDataset(Dataset):
         frame_size: Optional[int] = 256,
         fix_start: Optional[int] = None,
         mode: Optional[Literal["rand", "uniform"]] = None,
+        frame_interval: Optional[int] = None,
+        clips_per_video: int = 1,
         num_threads: int = 1,
         decode_backend: Literal["pyav", "decord"] = "pyav",
         loading: Optional[Loading] = None,
@@ -184,10 +193,17 @@ class TextMediaDataset(Dataset):
                              f"got {frame_size}")
         if max_replace_attempts < 1:
             raise ValueError(f"max_replace_attempts must be >= 1, got {max_replace_attempts}")
+        if frame_interval is not None and frame_interval < 1:
+            raise ValueError(f"frame_interval must be >= 1 frame (or null to spread the frames over the video), "
+                             f"got {frame_interval}")
+        if clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
         self.split = split
         self.frame_size = frame_size
         self.fix_start = fix_start
         self.mode = mode or ("rand" if split == "train" else "uniform")
+        self.frame_interval = frame_interval
+        self.clips_per_video = clips_per_video
         self.num_threads = num_threads
         self.decode_backend = decode_backend
         self.loading = loading
@@ -275,7 +291,7 @@ class TextMediaDataset(Dataset):
         video = self._decode(record, generator)
         text = self._text(record.captions, generator)
         meta: dict[str, Any] = {"id": str(record.id), "path": record.path, "dataset": self.dataset_name,
-                                "index": position}
+                                "index": position, **record.meta}
         if self.multi_caption:
             meta["caption_mask"] = [i < len(record.captions) for i in range(len(text))]
         return {"video": video, "text": text, "meta": meta}
@@ -285,9 +301,12 @@ class TextMediaDataset(Dataset):
         if record.image:
             read = read_image if isinstance(media, Path) else decode_image
             return read(media, size, name=name)
-        frames = dict(num_frames=self.num_frames, mode=self.mode, fix_start=self.fix_start, size=size, name=name,
-                      num_threads=self.num_threads, generator=generator, backend=self.decode_backend)
-        return read_frames(media, **frames) if isinstance(media, Path) else decode_frames(media, **frames)
+        clips, length = self.clips_per_video, self.num_frames
+        frames = dict(num_frames=length, mode=self.mode, fix_start=self.fix_start, size=size, name=name,
+                      num_threads=self.num_threads, generator=generator, backend=self.decode_backend,
+                      num_clips=clips, frame_interval=self.frame_interval)
+        video = read_frames(media, **frames) if isinstance(media, Path) else decode_frames(media, **frames)
+        return video if clips == 1 else video.view(clips, length, *video.shape[1:])
 
     def _text(self, captions: Sequence[str], generator: torch.Generator) -> Union[str, list[str]]:
         if self.multi_caption:

@@ -190,6 +190,8 @@ class FrozenDataModule(pl.LightningDataModule):
         crop_scale: area range of the training crop.
         hflip: random horizontal flips in training.
         color_jitter: colour jitter strength in training (None: off).
+        test_crops: spatial crops of every test clip, 1 (centre) or 3 (along the long side; each
+            crop a view the model averages over); validation and predict take the centre crop.
         num_frames: frames per clip of every dataset (a frame curriculum schedules it by epoch);
             the CLI takes it from ``model.video.num_frames``.
         seed: the run's seed, which every sample's frames and caption and every epoch's order
@@ -216,6 +218,7 @@ class FrozenDataModule(pl.LightningDataModule):
         crop_scale: Tuple[float, float] = (0.5, 1.0),
         hflip: bool = True,
         color_jitter: Optional[float] = None,
+        test_crops: Literal[1, 3] = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["train_datasets", "val_datasets", "test_datasets", "predict_dataset"])
@@ -263,6 +266,7 @@ class FrozenDataModule(pl.LightningDataModule):
             train=True, input_res=input_res, crop_scale=crop_scale, hflip=hflip, color_jitter=color_jitter
         )
         self.eval_transform = VideoTransform(train=False, input_res=input_res)
+        self.test_transform = VideoTransform(train=False, input_res=input_res, crops=test_crops)
         self._tokenizer: Any = None
 
     # ----------------------------------------------------------------- setup
@@ -337,9 +341,10 @@ class FrozenDataModule(pl.LightningDataModule):
         return self._loaders("predict", "predict_dataset")[0]
 
     # ------------------------------------------------------ batch transforms
-    def transform_batch(self, batch: Dict[str, Any], train: bool) -> Dict[str, Any]:
-        """Augment (``train``) or resize/crop the ``video`` of a batch or of a ``{name: batch}`` dict."""
-        transform = self.train_transform if train else self.eval_transform
+    def transform_batch(self, batch: Dict[str, Any], train: bool, test: bool = False) -> Dict[str, Any]:
+        """Augment (``train``) or resize/crop (``test``: ``test_crops``) the ``video`` of a batch or of a
+        ``{name: batch}`` dict."""
+        transform = self.train_transform if train else self.test_transform if test else self.eval_transform
         if is_single_batch(batch):
             return {**batch, "video": transform(batch["video"])}
         if isinstance(batch, dict) and batch and all(is_single_batch(b) for b in batch.values()):
@@ -354,7 +359,7 @@ class FrozenDataModule(pl.LightningDataModule):
         if train:
             epoch, batches = self._progress
             self._progress = (epoch, batches + 1)
-        return self.transform_batch(batch, train=train)
+        return self.transform_batch(batch, train=train, test=self.trainer is not None and self.trainer.testing)
 
     # ------------------------------------------------- per-epoch dataset state
     def skipped_counts(self, stage: Optional[str] = None) -> Dict[str, int]:

@@ -79,6 +79,59 @@ def sample_frame_indices(
     return [s + min(int(o), e - s - 1) for s, e, o in zip(starts, ends, offsets.tolist())]
 
 
+def sample_clip_indices(
+    num_video_frames: int,
+    num_frames: int,
+    num_clips: int = 1,
+    frame_interval: Optional[int] = None,
+    mode: SampleMode = "rand",
+    fix_start: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> list[int]:
+    """Frame indices of ``num_clips`` clips of ``num_frames`` frames each, clip after clip.
+
+    Without ``frame_interval`` the video is split into ``num_clips`` equal segments (sparse
+    sampling, as ClipBERT trains) and each segment's clip spreads its frames over the segment
+    (``sample_frame_indices``). With it a clip's frames are ``frame_interval`` apart (the
+    TimeSformer/ViViT sampler) and the clips' first frames are spread over the video: the frames a
+    clip can start at are split into ``num_clips`` equal parts and clip i starts in part i, at
+    random ("rand"), in its middle ("uniform") or ``fix_start`` frames into it (kept inside), so
+    long clips may overlap. A clip longer than the video starts at frame 0 and repeats the last.
+    """
+    if num_video_frames < 1:
+        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_clips < 1:
+        raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
+    if frame_interval is not None and frame_interval < 1:
+        raise ValueError(f"frame_interval must be >= 1 frame (or null to spread the frames), got {frame_interval}")
+    if frame_interval is None:
+        return [first + i for first, end in _segments(num_video_frames, num_clips)
+                for i in sample_frame_indices(end - first, num_frames, mode, fix_start, generator)]
+    room = num_video_frames - ((num_frames - 1) * frame_interval + 1)  # the last frame a clip can start at
+    indices: list[int] = []
+    for first, end in _segments(room + 1, num_clips) if room >= 0 else [(0, 1)] * num_clips:
+        start = first + _offset(end - first, mode, fix_start, generator)
+        indices.extend(min(start + k * frame_interval, num_video_frames - 1) for k in range(num_frames))
+    return indices
+
+
+def _segments(count: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` equal intervals ``[floor(i*n/p), floor((i+1)*n/p))`` of ``count`` frames, none empty."""
+    starts = [min(i * count // parts, count - 1) for i in range(parts)]
+    return [(s, max((i + 1) * count // parts, s + 1)) for i, s in enumerate(starts)]
+
+
+def _offset(length: int, mode: SampleMode, fix_start: Optional[int], generator: Optional[torch.Generator]) -> int:
+    """A position in ``[0, length)``: ``fix_start`` (kept inside), the middle ("uniform") or a random one."""
+    if fix_start is not None:
+        return min(fix_start, length - 1)
+    if mode == "uniform":
+        return (length - 1) // 2
+    return int(torch.randint(length, (1,), generator=generator))
+
+
 def scaled_size(height: int, width: int, size: int) -> tuple[int, int]:
     """(height, width) with the short side scaled to ``size``, aspect ratio kept."""
     if height <= width:
@@ -106,6 +159,8 @@ def read_frames(
     num_threads: int = 1,
     generator: Optional[torch.Generator] = None,
     backend: str = "pyav",
+    num_clips: int = 1,
+    frame_interval: Optional[int] = None,
 ) -> torch.Tensor:
     """Decode ``num_frames`` frames of a video as uint8 ``[F, 3, size, size]``.
 
@@ -120,11 +175,15 @@ def read_frames(
     it cannot index by timestamp (variable frame rate) fall back to decord.
     ``backend="decord"`` decodes with decord, scaled while decoding when ``size`` is
     given (short side to ``size``); both give the same pixels.
+
+    ``num_clips`` and ``frame_interval`` choose the frames as ``sample_clip_indices`` does;
+    the ``num_clips * num_frames`` frames come back clip after clip.
     """
     path = Path(path)
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return read_image(path, size=size, name=name)
-    choose = functools.partial(_sample, num_frames, mode, fix_start, generator)
+    choose = functools.partial(sample_clip_indices, num_frames=num_frames, num_clips=num_clips,
+                               frame_interval=frame_interval, mode=mode, fix_start=fix_start, generator=generator)
     return read_chosen_frames(path, choose, size, name=name, num_threads=num_threads, backend=backend)
 
 
@@ -161,6 +220,8 @@ def decode_frames(
     num_threads: int = 1,
     generator: Optional[torch.Generator] = None,
     backend: str = "pyav",
+    num_clips: int = 1,
+    frame_interval: Optional[int] = None,
 ) -> torch.Tensor:
     """``read_frames`` for a video held in memory (a shard's sample): same sampling, same pixels.
 
@@ -169,18 +230,14 @@ def decode_frames(
     _check_backend(backend)
     if len(data) == 0:
         raise VideoReadError(name, "no bytes (empty video)")
-    choose = functools.partial(_sample, num_frames, mode, fix_start, generator)
+    choose = functools.partial(sample_clip_indices, num_frames=num_frames, num_clips=num_clips,
+                               frame_interval=frame_interval, mode=mode, fix_start=fix_start, generator=generator)
     return _decode_chosen(data, name, choose, size, num_threads, backend)
 
 
 def _check_backend(backend: str) -> None:
     if backend not in ("decord", "pyav"):
         raise ValueError(f"backend must be 'decord' or 'pyav', got {backend!r}")
-
-
-def _sample(num_frames: int, mode: SampleMode, fix_start: Optional[int], generator: Optional[torch.Generator],
-            length: int) -> list[int]:
-    return sample_frame_indices(length, num_frames, mode, fix_start, generator)
 
 
 def _decode_chosen(media: Media, shown: str, choose: Callable[[int], list[int]], size: Optional[int],

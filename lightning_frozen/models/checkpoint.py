@@ -3,8 +3,13 @@ checkpoints, this project's Lightning checkpoints, plain state dicts and timm Vi
 
 Every file goes through the restricted unpickler of ``lightning_frozen.safe_load``. Key
 names are mapped onto ``FrozenInTime``'s (``checkpoint_filter_fn``, as in timm's model
-files), the temporal embedding is inflated or cut to the model's frame count, and any
-other shape mismatch is refused with the keys named.
+files), the temporal embedding is inflated or cut to the model's frame count, a 2D patch
+embedding is inflated into a Conv3d tubelet kernel (the model's ``inflate``), and any other
+shape mismatch is refused with the keys named.
+
+Image weights (timm ViT, or an MAE encoder: its decoder dropped, its separate q/v biases joined)
+fill the video tower only; with ``time_init: copy`` its time attention starts as a copy of
+their space attention, and a class token they lack (MAE) is drawn from a truncated normal.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
+import torch
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from ..safe_load import UnsafePickleError, safe_torch_load
@@ -26,6 +33,9 @@ log = logging.getLogger(__name__)
 TemporalFix = Literal["zeros", "interp", "bilinear"]
 # The parts of the dual encoder that ImageNet ViT weights cannot hold.
 _NOT_IN_VIT = ("timeattn.", "norm3.", "temporal_embed", "text_model.", "txt_proj.", "vid_proj.")
+# What MAE encoders may lack besides: the class token (MAE-pytorch has none) and a learned pos_embed.
+_NOT_IN_MAE = ("video_model.cls_token", "video_model.pos_embed")
+_MAE_ONLY = ("decoder", "encoder_to_decoder", "mask_token")
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -98,6 +108,11 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor], tem
         if key.endswith("temporal_embed") and value.shape != own[key].shape and value.dim() == 3:
             state[key] = adapt_temporal_embed(value, own[key].shape[1], temporal_fix)
             report.adapted.append(f"{key}: {tuple(value.shape)} -> {tuple(state[key].shape)} ({temporal_fix})")
+        elif key.endswith("patch_embed.proj.weight") and value.dim() == 4 and own[key].dim() == 5:
+            embed = model.get_submodule(key[: -len(".proj.weight")])
+            state[key] = embed.inflated(value)
+            report.adapted.append(f"{key}: {tuple(value.shape)} -> {tuple(state[key].shape)} "
+                                  f"({embed.inflate} inflation)")
         elif value.shape != own[key].shape:
             mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
     if mismatched:
@@ -120,6 +135,58 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor], tem
     return report
 
 
+def _is_mae(state: Mapping[str, Tensor]) -> bool:
+    """An MAE checkpoint: its decoder or mask token, or encoder weights under ``encoder.`` (MAE-pytorch)."""
+    return any(k.startswith(_MAE_ONLY) or k.startswith("encoder.patch_embed.") for k in state)
+
+
+def mae_to_vit(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An MAE checkpoint's encoder under timm ViT key names: the decoder and mask token dropped,
+    ``encoder.`` stripped, separate q and v biases (MAE-pytorch; k has none) joined into the qkv bias."""
+    out: dict[str, Tensor] = {}
+    for source, value in state.items():
+        if source.startswith(_MAE_ONLY) or source.endswith(".attn.v_bias"):
+            continue
+        key = source.removeprefix("encoder.")
+        if key.endswith(".attn.q_bias"):
+            v_bias = state[source.replace("q_bias", "v_bias")]
+            out[key.replace("q_bias", "qkv.bias")] = torch.cat([value, torch.zeros_like(value), v_bias])
+        else:
+            out[key] = value
+    return out
+
+
+def space_to_time(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """ViT weights plus time attention (and norm3) copied from each block's space attention (and norm1)."""
+    out = dict(state)
+    for key, value in state.items():
+        for space, time in ((".attn.", ".timeattn."), (".norm1.", ".norm3.")):
+            if key.startswith("blocks.") and space in key:
+                out.setdefault(key.replace(space, time), value.clone())
+    return out
+
+
+def _load_image_weights(model: nn.Module, state: Mapping[str, Tensor], temporal_fix: TemporalFix, strict: bool,
+                        name: str, mae: bool) -> LoadReport:
+    """ViT or MAE encoder weights into the video tower (see the module docstring)."""
+    tower = model.video_model
+    if getattr(tower, "time_init", None) == "copy":
+        state = space_to_time(state)
+    allowed = _NOT_IN_VIT + (_NOT_IN_MAE if mae else ())
+    report = load_state_dict_into(model, state, temporal_fix, strict,
+                                  source=f"{name} ({'MAE' if mae else 'ViT'} weights)", allowed_missing=allowed)
+    drawn = []
+    if "cls_token" not in state:
+        trunc_normal_(tower.cls_token, std=0.02)
+        drawn.append(f"video_model.cls_token: not in {name}, drawn from a truncated normal (std 0.02)")
+    if "pos_embed" not in state:
+        drawn.append(f"video_model.pos_embed: not in {name}, kept as initialised")
+    for line in drawn:
+        log.info("%s", line)
+    report.adapted += drawn
+    return report
+
+
 def _is_timm_vit(state: Mapping[str, Tensor]) -> bool:
     """Bare ImageNet ViT key names (timm): a patch embedding and blocks, no tower prefixes."""
     return "patch_embed.proj.weight" in state and not any(k.startswith(("video_model.", "module.", "model."))
@@ -132,8 +199,9 @@ def load_checkpoint(model: nn.Module, source: Union[str, Path, Mapping[str, Any]
     a plain state dict, ``.safetensors``) or such a file's contents already in memory
     (``name`` then labels it in errors).
 
-    ImageNet ViT weights (timm key names) fill the video tower only: its time attention,
-    ``norm3`` and temporal embedding, the text tower and the projections are left as they are.
+    ImageNet ViT weights (timm key names) and MAE checkpoints fill the video tower only: its time
+    attention (copied from the space attention with ``time_init: copy``), ``norm3`` and temporal
+    embedding, the text tower and the projections are left as they are.
     """
     if isinstance(source, Mapping):
         name = name or "state dict"
@@ -141,7 +209,9 @@ def load_checkpoint(model: nn.Module, source: Union[str, Path, Mapping[str, Any]
     else:
         name = Path(source).name
         state = extract_state_dict(safe_torch_load(source), name)
-    if _is_timm_vit(state):
-        return load_state_dict_into(model, state, temporal_fix, strict, source=f"{name} (ViT weights)",
-                                    allowed_missing=_NOT_IN_VIT)
+    mae = _is_mae(state)
+    if mae:
+        state = mae_to_vit(state)
+    if mae or _is_timm_vit(state):
+        return _load_image_weights(model, state, temporal_fix, strict, name, mae)
     return load_state_dict_into(model, state, temporal_fix, strict, source=name)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping, Optional, Union
 
-TimeInit = Literal["zeros", "rand"]
+TimeInit = Literal["zeros", "rand", "copy"]
+PatchEmbedKind = Literal["conv2d", "conv3d"]
+Inflate = Literal["central", "average"]
 GEOMETRY = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
 
 # The published models (Bain et al. 2021): ViT-B video towers at 224 px, DistilBERT, a 256-d joint space.
@@ -83,7 +85,14 @@ class VideoConfig(DictConfig):
         depth: number of space-time blocks.
         num_heads: attention heads per block.
         num_frames: frames the temporal embedding holds (clips may have fewer).
-        time_init: "zeros" starts time attention as the identity (from image weights); "rand" draws it.
+        time_init: "zeros" starts time attention as the identity (from image weights); "rand" draws it;
+            "copy" starts it as a copy of the space attention (of the loaded image weights, when loaded).
+            "rand" and "copy" draw the temporal embedding (pos_init_std), "zeros" starts it at zero.
+        patch_embed: "conv2d" embeds every frame's patches (the published model); "conv3d" embeds
+            tubelets of ``tubelet_size`` frames (ViViT), F / tubelet_size time steps per clip.
+        tubelet_size: frames per tubelet of the "conv3d" embedding.
+        inflate: how 2D patch weights fill the tubelet kernel when loaded: "central" (the middle
+            frame, zeros on the others) or "average" (spread evenly over its frames).
         pos_init_std: std of the spatial (and, with time_init "rand", temporal) position embeddings
             at init; ViT's 0.02 suits long runs, a short run from scratch learns position and
             motion far sooner with about 0.5.
@@ -104,6 +113,9 @@ class VideoConfig(DictConfig):
     num_heads: Optional[int] = None
     num_frames: int = 4
     time_init: TimeInit = "zeros"
+    patch_embed: PatchEmbedKind = "conv2d"
+    tubelet_size: int = 2
+    inflate: Inflate = "central"
     pos_init_std: float = 0.02
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0

@@ -27,7 +27,8 @@ class FrozenInTime(nn.Module):
             **vc.geometry(), num_frames=vc.num_frames, time_init=vc.time_init,
             pos_init_std=vc.pos_init_std, drop_rate=vc.drop_rate,
             attn_drop_rate=vc.attn_drop_rate, drop_path_rate=vc.drop_path_rate,
-            grad_checkpointing=vc.grad_checkpointing,
+            grad_checkpointing=vc.grad_checkpointing, patch_embed=vc.patch_embed, tubelet_size=vc.tubelet_size,
+            inflate=vc.inflate,
         )
         self.text_model = build_text_model(tc.name_or_path, tc.config_overrides)
         text_config = self.text_model.config

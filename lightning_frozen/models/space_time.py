@@ -4,6 +4,9 @@ Parameter names and the block's residual wiring follow the published model exact
 its checkpoints load unchanged and ImageNet ViT weights (timm key names) fill everything
 but the temporal parts. With one frame and ``time_init="zeros"`` the model computes what
 the ViT it was initialised from computes.
+
+The video-transformer initialisation options: a Conv3d tubelet embedding (ViViT) whose kernel
+is inflated from 2D weights, and time attention started as a copy of the space attention.
 """
 from __future__ import annotations
 
@@ -15,20 +18,39 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import TimeInit
+from .config import Inflate, PatchEmbedKind, TimeInit
 
 
 class VideoPatchEmbed(nn.Module):
-    """One Conv2d patchifier shared by every frame; tokens come out frame-major."""
+    """Patch tokens, frame-major: one Conv2d shared by every frame ("conv2d", the published model),
+    or one Conv3d over each tubelet of ``tubelet_size`` frames ("conv3d", ViViT), whose tokens then
+    stand for F / tubelet_size time steps.
 
-    def __init__(self, img_size: int, patch_size: int, embed_dim: int, in_chans: int = 3):
+    ``inflate`` says how 2D weights become the tubelet kernel when the loader fills it from a 2D
+    patch embedding (``inflated``).
+    """
+
+    def __init__(self, img_size: int, patch_size: int, embed_dim: int, in_chans: int = 3,
+                 kind: PatchEmbedKind = "conv2d", tubelet_size: int = 2, inflate: Inflate = "central"):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if kind not in ("conv2d", "conv3d"):
+            raise ValueError(f"patch_embed must be 'conv2d' or 'conv3d', got {kind!r}")
+        if inflate not in ("central", "average"):
+            raise ValueError(f"inflate must be 'central' or 'average', got {inflate!r}")
+        if kind == "conv3d" and tubelet_size < 1:
+            raise ValueError(f"tubelet_size must be >= 1 frame, got {tubelet_size}")
         self.img_size = img_size
         self.patch_size = patch_size
         self.num_patches = (img_size // patch_size) ** 2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.tubelet_size = tubelet_size if kind == "conv3d" else 1
+        self.inflate = inflate
+        if kind == "conv2d":
+            self.proj: nn.Module = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            kernel = (tubelet_size, patch_size, patch_size)
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, video: Tensor) -> Tensor:
         b, f, c, h, w = video.shape
@@ -37,8 +59,28 @@ class VideoPatchEmbed(nn.Module):
                 f"video frames are {h}x{w} but the model expects {self.img_size}x{self.img_size}: "
                 "set data.input_res to the model's img_size"
             )
-        x = self.proj(video.reshape(b * f, c, h, w))  # [B*F, D, h', w']
-        return x.flatten(2).transpose(1, 2).reshape(b, f * self.num_patches, -1)
+        if isinstance(self.proj, nn.Conv2d):
+            x = self.proj(video.reshape(b * f, c, h, w))  # [B*F, D, h', w']
+            return x.flatten(2).transpose(1, 2).reshape(b, f * self.num_patches, -1)
+        if f % self.tubelet_size:
+            raise ValueError(f"clips of {f} frames do not split into tubelets of {self.tubelet_size}: "
+                             "give clips a multiple of video.tubelet_size frames")
+        x = self.proj(video.transpose(1, 2))  # [B, D, F/t, h', w']
+        return x.flatten(2).transpose(1, 2)  # time step by time step, patches row-major within
+
+    def inflated(self, weight: Tensor) -> Tensor:
+        """A 2D patch kernel [D, C, p, p] as this tubelet kernel [D, C, t, p, p].
+
+        "central" puts it on the tubelet's middle frame (zeros on the others), "average" spreads
+        it evenly over the t frames: on a clip whose frames are all alike, both give the 2D
+        embedding of that frame.
+        """
+        t = self.tubelet_size
+        if self.inflate == "average":
+            return weight.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
+        out = weight.new_zeros(*weight.shape[:2], t, *weight.shape[2:])
+        out[:, :, t // 2] = weight
+        return out
 
 
 class DividedAttention(nn.Module):
@@ -177,6 +219,11 @@ class SpaceTimeBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
+    def copy_space_to_time(self) -> None:
+        """Time attention (and its norm) as copies of the space attention (and its norm)."""
+        self.timeattn.load_state_dict(self.attn.state_dict())
+        self.norm3.load_state_dict(self.norm1.state_dict())
+
     def forward(self, x: Tensor, frames: int, cls_only: bool = False) -> Tensor:
         """[B, 1 + F*N, D] -> the same, or with `cls_only` just the CLS token [B, 1, D]."""
         t = x + self.timeattn(self.norm3(x), frames, "time")
@@ -188,7 +235,11 @@ class SpaceTimeBlock(nn.Module):
 
 
 class SpaceTimeTransformer(nn.Module):
-    """Video ViT with divided space-time attention; returns the final-norm CLS token."""
+    """Video ViT with divided space-time attention; returns the final-norm CLS token.
+
+    ``num_frames`` is the clip length it takes; with ``patch_embed="conv3d"`` the temporal
+    embedding holds num_frames / tubelet_size time steps.
+    """
 
     def __init__(
         self,
@@ -205,18 +256,25 @@ class SpaceTimeTransformer(nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
+        patch_embed: PatchEmbedKind = "conv2d",
+        tubelet_size: int = 2,
+        inflate: Inflate = "central",
     ):
         super().__init__()
-        if time_init not in ("zeros", "rand"):
-            raise ValueError(f"time_init must be 'zeros' or 'rand', got {time_init!r}")
+        if time_init not in ("zeros", "rand", "copy"):
+            raise ValueError(f"time_init must be 'zeros', 'rand' or 'copy', got {time_init!r}")
         self.num_frames = num_frames
+        self.time_init = time_init
         self.embed_dim = self.num_features = embed_dim
         self.grad_checkpointing = grad_checkpointing
-        self.patch_embed = VideoPatchEmbed(img_size, patch_size, embed_dim)
+        self.patch_embed = VideoPatchEmbed(img_size, patch_size, embed_dim, kind=patch_embed,
+                                           tubelet_size=tubelet_size, inflate=inflate)
+        if num_frames % self.patch_embed.tubelet_size:
+            raise ValueError(f"num_frames {num_frames} is not a multiple of tubelet_size {tubelet_size}")
         self.patches_per_frame = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patches_per_frame + 1, embed_dim))
-        self.temporal_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
+        self.temporal_embed = nn.Parameter(torch.zeros(1, self.time_steps(num_frames), embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
@@ -239,10 +297,13 @@ class SpaceTimeTransformer(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if time_init == "rand":
+        if time_init in ("rand", "copy"):
             # Frame order only enters through the temporal embedding: at zero every frame
             # looks alike and the model starts (and long stays) blind to motion direction.
             trunc_normal_(self.temporal_embed, std=pos_init_std)
+            if time_init == "copy":  # time attention starts as the space attention (the loader copies loaded weights)
+                for block in self.blocks:
+                    block.copy_space_to_time()
         else:
             # Time attention starts as the identity (its output is zero) and the temporal
             # embedding at zero, so the model begins as the image ViT it was initialised from.
@@ -252,24 +313,28 @@ class SpaceTimeTransformer(nn.Module):
                 nn.init.ones_(block.timeattn.proj.weight)
                 nn.init.zeros_(block.timeattn.proj.bias)
 
+    def time_steps(self, frames: int) -> int:
+        """Token time steps of a clip of `frames` frames (frames / tubelet_size with a Conv3d embedding)."""
+        return frames // self.patch_embed.tubelet_size
+
     def embed(self, video: Tensor) -> Tensor:
         """Patch tokens plus CLS with spatial and temporal position embeddings."""
-        frames = video.shape[1]
-        if frames > self.num_frames:
+        if video.shape[1] > self.num_frames:
             raise ValueError(
-                f"clip has {frames} frames but the model holds temporal embeddings for {self.num_frames}: "
+                f"clip has {video.shape[1]} frames but the model holds temporal embeddings for {self.num_frames}: "
                 "raise video.num_frames (checkpoints inflate with temporal_fix)"
             )
         x = self.patch_embed(video)
         b, _, dim = x.shape
+        steps = self.time_steps(video.shape[1])
         # broadcast over frames and patches: no full-size copies of the embeddings
-        x = x.view(b, frames, self.patches_per_frame, dim) + self.pos_embed[:, None, 1:]
-        x = (x + self.temporal_embed[:, :frames, None]).flatten(1, 2)
+        x = x.view(b, steps, self.patches_per_frame, dim) + self.pos_embed[:, None, 1:]
+        x = (x + self.temporal_embed[:, :steps, None]).flatten(1, 2)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
         return self.pos_drop(torch.cat([cls, x], dim=1))
 
     def _tokens(self, video: Tensor, cls_only: bool) -> Tensor:
-        frames = video.shape[1]
+        frames = self.time_steps(video.shape[1])
         x = self.embed(video)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):

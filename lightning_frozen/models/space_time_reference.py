@@ -59,7 +59,7 @@ def reference_block(block: SpaceTimeBlock, x: Tensor, frames: int) -> Tensor:
 
 def reference_forward_features(tower: SpaceTimeTransformer, video: Tensor) -> Tensor:
     """All tokens after the final norm, [B, 1 + F*N, D], through the reference blocks."""
-    frames = video.shape[1]
+    frames = tower.time_steps(video.shape[1])
     x = tower.embed(video)
     for block in tower.blocks:
         x = reference_block(block, x, frames)

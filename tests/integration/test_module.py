@@ -9,6 +9,7 @@ from helpers import TINY_VIDEO, tiny_config
 from lightning_frozen.arguments import UsageError
 from lightning_frozen.cli import run_cli
 from lightning_frozen.module import FrozenModule
+from lightning_frozen.similarity import sim_matrix
 
 METRIC_KEYS = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "R50", "MedR", "MeanR", "gmean")]
 COUNT_KEYS = ["videos_scored", "videos_total", "captions_scored", "captions_total"]
@@ -166,3 +167,34 @@ def test_predict_writes_searchable_embeddings(tmp_path, tiny_msrvtt, text_dir):
     torch.testing.assert_close(saved["video"].norm(dim=-1), torch.ones(6))
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         run_cli(args)
+
+
+def test_sparse_clips_are_encoded_one_by_one_and_averaged_before_the_loss(tmp_path, tiny_msrvtt, text_dir):
+    """clips_per_video: 2 (ClipBERT's sparse sampling): each clip through the video tower, the video's embedding
+    the mean of its clips' unit embeddings, then the contrastive loss; evaluation reads several clips alike."""
+    config = tiny_config(tmp_path, tiny_msrvtt, text_dir, max_steps=2, limit_val_batches=0)
+    plain = yaml.safe_load(config.read_text())
+    for group in ("train_datasets", "val_datasets"):
+        plain["data"][group][0]["init_args"]["clips_per_video"] = 2
+    config.write_text(yaml.safe_dump(plain))
+    cli = run_cli(["--config", str(config)], run=False)
+    model, original, seen = cli.model, cli.model.compute_loss, []
+
+    def checked(batch):
+        video = batch["video"]
+        seen.append(tuple(video.shape))
+        rng = torch.get_rng_state()  # the text tower's dropout draws the same masks in both
+        text = model.model.encode_text(batch["input_ids"], batch["attention_mask"])
+        clips = torch.stack([model.model.encode_video(video[:, i]) for i in range(video.shape[1])], dim=1)
+        expected = model.loss_fn(sim_matrix(text, torch.nn.functional.normalize(clips, dim=-1).mean(1)))
+        torch.set_rng_state(rng)
+        loss = original(batch)
+        torch.testing.assert_close(loss, expected)
+        return loss
+
+    model.compute_loss = checked
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    assert seen == [(4, 2, 2, 3, 32, 32)] * 2  # 4 videos, 2 clips of 2 frames each
+    cli.trainer.limit_val_batches = 1.0
+    results = cli.trainer.validate(model, datamodule=cli.datamodule)[0]
+    assert results["val/videos_scored"] == 6 and 0 <= results["val/t2v_R1"] <= 100

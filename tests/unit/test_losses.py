@@ -143,3 +143,19 @@ def test_gather_is_identity_without_distributed() -> None:
 
 
 
+
+
+def test_mean_consensus_scores_like_the_mean_clip_similarity():
+    """A text's dot product with the consensus is its mean cosine over the clips; its cosine ranks videos alike
+    up to each video's own scale (the norm of the consensus)."""
+    from lightning_frozen.similarity import mean_consensus, sim_matrix
+
+    torch.manual_seed(0)
+    clips, text = torch.randn(4 * 3, 8), torch.randn(5, 8)
+    video = mean_consensus(clips, 3)
+    assert video.shape == (4, 8)
+    per_clip = sim_matrix(text, clips).view(5, 4, 3).mean(-1)
+    torch.testing.assert_close(text / text.norm(dim=-1, keepdim=True) @ video.t(), per_clip)
+    torch.testing.assert_close(sim_matrix(text, video), per_clip / video.norm(dim=-1))
+    with pytest.raises(ValueError, match="clip embeddings"):
+        mean_consensus(torch.randn(7, 8), 3)

@@ -104,3 +104,34 @@ def test_bad_inputs_name_the_problem():
         transform(torch.zeros(1, 1, 3, 32, 32, dtype=torch.int64))
     with pytest.raises(ValueError, match="crop_scale"):
         VideoTransform(train=True, input_res=32, crop_scale=(0.0, 1.0))
+
+
+def test_three_test_crops_cover_the_long_side():
+    # frame pixel = its column (landscape) or row (portrait): a crop's mean tells where it was cut
+    for landscape in (True, False):
+        height, width = (32, 48) if landscape else (48, 32)
+        axis = torch.arange(48, dtype=torch.float32) / 255.0
+        frame = axis[:width].expand(3, height, width) if landscape else axis[:height, None].expand(3, height, width)
+        video = frame.expand(2, 4, 3, height, width).contiguous()
+        crops = VideoTransform(train=False, input_res=32, crops=3)(video)
+        assert crops.shape == (2, 3, 4, 3, 32, 32)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        means = [float(((crops[0, c, 0] * std + mean) * 255).mean()) for c in range(3)]
+        assert means == pytest.approx([15.5, 23.5, 31.5], abs=1e-3)  # columns/rows 0-31, 8-39, 16-47
+        centre = VideoTransform(train=False, input_res=32)(video)
+        torch.testing.assert_close(crops[:, 1], centre, atol=1e-5, rtol=1e-5)
+
+
+def test_clips_of_a_video_share_their_augmentation_and_keep_their_shape():
+    torch.manual_seed(0)
+    clip = torch.rand(3, 2, 3, 48, 48)
+    video = torch.stack([clip, clip], dim=1)  # [3 videos, 2 equal clips, 2 frames]
+    out = VideoTransform(train=True, input_res=32, color_jitter=0.4)(video)
+    assert out.shape == (3, 2, 2, 3, 32, 32)
+    torch.testing.assert_close(out[:, 0], out[:, 1])  # one crop, flip and jitter per video
+    test = VideoTransform(train=False, input_res=32, crops=3)(video)
+    assert test.shape == (3, 6, 2, 3, 32, 32)  # 3 crops x 2 clips, every one a view
+    torch.testing.assert_close(test[:, 0], test[:, 1])
+    with pytest.raises(ValueError, match="crops"):
+        VideoTransform(train=False, input_res=32, crops=2)

@@ -1,4 +1,4 @@
-"""Synthetic text-video data in the real MSR-VTT, WebVid and CC3M layouts (real mp4 files).
+"""Synthetic text-video data in the real MSR-VTT, WebVid, CC3M and Kinetics layouts (real mp4 files).
 
 ``clips`` draws what a clip shows, ``layouts`` writes datasets, ``cli`` is `lightning-frozen synthetic`.
 Names load on first use, so the command's ``--help`` needs neither numpy nor PyAV.
@@ -6,7 +6,8 @@ Names load on first use, so the command's ``--help`` needs neither numpy nor PyA
 
 _CLIPS = ("COLOURS", "DIRECTIONS", "FOREGROUNDS", "IMAGE_TEMPLATES", "SHAPES", "VIDEO_TEMPLATES", "ClipSpec", "caption",
           "random_spec", "render_clip")
-_LAYOUTS = ("BROKEN_KINDS", "LAYOUTS", "MANIFEST", "SyntheticParams", "make_synthetic_dataset")
+_LAYOUTS = ("BROKEN_KINDS", "LAYOUTS", "MANIFEST", "SyntheticParams", "action_label", "action_labels",
+            "make_synthetic_dataset")
 _LAZY = {**{name: ".clips" for name in _CLIPS}, **{name: ".layouts" for name in _LAYOUTS}}
 
 __all__ = sorted(_LAZY)

@@ -1,4 +1,4 @@
-"""Writing synthetic datasets in the real MSR-VTT, WebVid and CC3M layouts.
+"""Writing synthetic datasets in the real MSR-VTT, WebVid, CC3M and Kinetics layouts.
 
 Files are real H.264 mp4s (and JPEGs for CC3M), so the whole reading pipeline runs on
 them. Generation is deterministic given the seed. The dataset is written into a
@@ -7,6 +7,10 @@ finished root with the same parameters is reused, a root holding anything else i
 
 ``broken=True`` adds four entries referenced by the metadata of every split: a missing
 file, an empty file, a truncated file and a file that is not a video (or image).
+
+Kinetics (``root/<split>/<label>/<video>.mp4``, and ``<split>.csv`` tables of path,label) labels
+each clip by what it shows apart from its colours, e.g. "circle moving left": the classes are
+shapes x directions, and only a model that sees the order of frames can tell the directions.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from .clips import FOREGROUNDS, SHAPES, ClipSpec, caption, random_spec, render_clip
+from .clips import DIRECTIONS, FOREGROUNDS, SHAPES, ClipSpec, caption, random_spec, render_clip
 
-LAYOUTS = ("msrvtt", "webvid", "cc3m")
+LAYOUTS = ("msrvtt", "webvid", "cc3m", "kinetics")
 MANIFEST = "synthetic.json"
 MANIFEST_VERSION = 3
 MSRVTT_CAPTIONS_PER_VIDEO = 20
@@ -236,6 +240,33 @@ def _write_cc3m(w: _Writer) -> None:
         table.to_csv(w.root / "metadata" / METADATA_NAMES[split], sep="\t", index=False)
 
 
+def action_label(spec: ClipSpec) -> str:
+    """The class of a synthetic clip in the Kinetics layout: its shape and direction ("circle moving left")."""
+    return f"{spec.shape} moving {spec.direction}"
+
+
+def action_labels(num_shapes: int) -> list[str]:
+    """Every class of a palette of ``num_shapes`` shapes, in a fixed order (the index order of ``labels.txt``)."""
+    return [f"{shape} moving {direction}" for shape in list(SHAPES)[:num_shapes] for direction in DIRECTIONS]
+
+
+def _write_kinetics(w: _Writer) -> None:
+    """train, val and test folders (val and test ``num_test`` clips each), their CSVs and ``labels.txt``."""
+    import pandas as pd
+
+    p = w.params
+    (w.root / "labels.txt").write_text("".join(f"{label}\n" for label in action_labels(p.num_shapes)))
+    for split_key, (split, count) in enumerate((("train", p.num_train), ("val", p.num_test), ("test", p.num_test))):
+        rows = []
+        for i in range(count + (len(BROKEN_KINDS) if p.broken else 0)):
+            # what clip i shows (``_Writer.video`` draws the same spec from this key), so its class folder
+            label = action_label(w.spec(w.rng(90 + split_key, i)))
+            relative = f"{split}/{label}/{split}_{i:05d}.mp4"
+            w.entry(relative, i, count, (90 + split_key, 100 + split_key, 110 + split_key))
+            rows.append({"path": relative, "label": label})
+        pd.DataFrame(rows).to_csv(w.root / f"{split}.csv", index=False)
+
+
 def _check_existing(root: Path, params: SyntheticParams) -> bool:
     """True when root already holds this exact dataset; error when it holds anything else."""
     if not root.exists():
@@ -289,7 +320,8 @@ def make_synthetic_dataset(root: Union[str, os.PathLike], layout: str = "msrvtt"
     staging.mkdir()
     try:
         writer = _Writer(staging, params)
-        {"msrvtt": _write_msrvtt, "webvid": _write_webvid, "cc3m": _write_cc3m}[layout](writer)
+        writers = {"msrvtt": _write_msrvtt, "webvid": _write_webvid, "cc3m": _write_cc3m, "kinetics": _write_kinetics}
+        writers[layout](writer)
         files = sorted(
             p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()
         )
