@@ -29,6 +29,7 @@ What each tower can reuse:
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Optional
 
@@ -43,25 +44,28 @@ TokenFn = Callable[[Tensor], Tensor]
 
 
 class ReuseGate(nn.Module):
-    """ReuseViT's decision for one block part: per token, the logit of reusing its reference's output.
+    """ReuseViT's decision for one block part: per token, the logit of reusing the previous frame's output.
 
     Features: log relative distance to the previous frame's token, cosine similarity to it, and
     how much the frame's class token attended to the token in the last attention (times the
-    token count: 1 is average).
+    token count: 1 is average). A linear term starts as a soft distance threshold (reuse below
+    0.1, as "diff" does); a small MLP, starting at zero, learns what the threshold misses.
     """
 
     features = 3
 
-    def __init__(self, target_rate: float, hidden: int = 16):
+    def __init__(self, hidden: int = 16, threshold: float = 0.1, sharpness: float = 4.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(self.features, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        nn.init.normal_(self.net[2].weight, std=0.01)
-        # every token starts at the target rate; training moves each token's odds by what reuse costs
-        rate = min(max(target_rate, 1e-3), 1 - 1e-3)
-        nn.init.constant_(self.net[2].bias, float(torch.logit(torch.tensor(rate))))
+        self.linear = nn.Linear(self.features, 1)
+        self.mlp = nn.Sequential(nn.Linear(self.features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        with torch.no_grad():
+            self.linear.weight.zero_()[0, 0] = -sharpness
+            self.linear.bias.fill_(sharpness * math.log(threshold))
+            self.mlp[2].weight.zero_()
+            self.mlp[2].bias.zero_()
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.net(features).squeeze(-1)
+        return (self.linear(features) + self.mlp(features)).squeeze(-1)
 
 
 class Reuse(nn.Module):
@@ -73,7 +77,7 @@ class Reuse(nn.Module):
     def __init__(self, config: ReuseConfig, depth: int):
         super().__init__()
         self.config = config
-        self.gates = (nn.ModuleList(ReuseGate(config.target_rate) for _ in range(2 * depth))
+        self.gates = (nn.ModuleList(ReuseGate() for _ in range(2 * depth))
                       if config.mode == "learned" else None)
         self.computed = 0
         self.total = 0
@@ -97,7 +101,7 @@ class Reuse(nn.Module):
         self.total += total
 
     def rate(self) -> float:
-        """Share of the patch-token computations of the reusable parts skipped since the last reset."""
+        """Share of the token computations of the reusable parts (qkv, MLP) skipped since the last reset."""
         return 1.0 - self.computed / self.total if self.total else 0.0
 
     def reset_counts(self) -> None:

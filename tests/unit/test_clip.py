@@ -47,16 +47,18 @@ def designs(clip_folder):
             for temporal in ("mean", "transformer", "space_time")}
 
 
-def pixels(count):
-    """Random images in [0, 1]: ours normalised as the data does (ImageNet), CLIP's as CLIP does."""
-    images = torch.rand(count, 3, 32, 32)
-    return normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), normalize(images, OPENAI_CLIP_MEAN,
-                                                                                     OPENAI_CLIP_STD)
-
-
 def features(output):
     """transformers 5 returns the projected features as pooler_output, 4 returns the tensor."""
     return getattr(output, "pooler_output", output)
+
+
+def images_and_features(clip, count):
+    """Random images normalised as the data does (ImageNet's statistics), and CLIP's image features of
+    the same images normalised as CLIP does."""
+    images = torch.rand(count, 3, 32, 32)
+    with torch.no_grad():
+        expected = features(clip.get_image_features(pixel_values=normalize(images, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)))
+    return normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), expected
 
 
 def hf_layer(layer, hidden):
@@ -83,9 +85,8 @@ def test_each_video_design_on_one_frame_equals_clip_image_features(clip_folder, 
     clip = clip_folder[1]
     model = designs[temporal]
     torch.manual_seed(1)
-    images, clip_images = pixels(3)
+    images, expected = images_and_features(clip, 3)
     with torch.no_grad():
-        expected = features(clip.get_image_features(pixel_values=clip_images))
         if temporal == "space_time":  # time attention starts as the identity: one frame is CLIP's image tower
             got = model.encode_video(images.unsqueeze(1))
         else:
@@ -94,27 +95,23 @@ def test_each_video_design_on_one_frame_equals_clip_image_features(clip_folder, 
 
 
 def test_mean_design_of_identical_frames_is_the_normalised_image_feature(clip_folder, designs):
-    clip = clip_folder[1]
-    model = designs["mean"]
-    images, clip_images = pixels(2)
+    images, expected = images_and_features(clip_folder[1], 2)
     with torch.no_grad():
-        expected = F.normalize(features(clip.get_image_features(pixel_values=clip_images)), dim=-1)
-        got = model.encode_video(images.unsqueeze(1).expand(-1, 4, -1, -1, -1))
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        got = designs["mean"].encode_video(images.unsqueeze(1).expand(-1, 4, -1, -1, -1))
+    torch.testing.assert_close(got, F.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
 
 
 def test_temporal_transformer_starts_from_clip_text_layers_as_clip4clip(clip_folder, designs):
     """seqTransf: frame embedding x -> normalise(x + text layers(x + text position 0)), non-causal."""
     clip = clip_folder[1]
-    model = designs["transformer"]
-    images, clip_images = pixels(2)
+    images, frame = images_and_features(clip, 2)
+    frame = frame.unsqueeze(1)
     with torch.no_grad():
-        frame = features(clip.get_image_features(pixel_values=clip_images)).unsqueeze(1)
         hidden = frame + clip.text_model.embeddings.position_embedding.weight[:1]
         for layer in clip.text_model.encoder.layers:
             hidden = hf_layer(layer, hidden)
         expected = F.normalize(hidden + frame, dim=-1)[:, 0]
-        got = model.encode_video(images.unsqueeze(1))
+        got = designs["transformer"].encode_video(images.unsqueeze(1))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 

@@ -131,7 +131,7 @@ def test_learned_reuse_trains_only_its_decisions_and_its_checkpoint_loads(tiny_t
     learned = module.model.train()
     assert [g["name"] for g in module.parameter_groups()] == ["all", "all/no_decay"]  # the decisions alone
     gates = {n for n, _ in learned.named_parameters() if n.startswith("reuse.gates.")}
-    assert len(gates) == 4 * 2 * VIDEO["depth"]  # two linear layers, weight and bias, per block part
+    assert len(gates) == 6 * 2 * VIDEO["depth"]  # three linear layers, weight and bias, per block part
     clip = moving_clip(frames=4)
     loss, stats = learned.reuse.distillation_loss(learned.encode_video, clip)
     loss.backward()
