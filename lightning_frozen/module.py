@@ -16,7 +16,9 @@ from .losses import MaxMarginRankingLoss, NormSoftmaxLoss, global_contrastive_lo
 from .metrics import RetrievalMetrics, format_metrics_table
 from .models import TextConfig, VideoConfig, create_model, load_checkpoint, load_pretrained_towers
 from .models.checkpoint import TemporalFix
+from .models.clip import check_clip_tokenizer
 from .models.config import DictConfig
+from .models.frozen import PARTS, part_of
 from .similarity import mean_consensus
 
 # Parameters without weight decay: norms and biases (1-D) and learned embeddings.
@@ -26,6 +28,10 @@ _NO_DECAY_NAMES = ("pos_embed", "cls_token", "temporal_embed", "_embeddings.")
 class FrozenModule(pl.LightningModule):
     """Contrastive video-text training (joint image + video), retrieval validation, embedding export.
 
+    With ``video.reuse.mode: learned`` the fit trains the reuse decisions alone (the towers are
+    frozen): the video embeddings computed with reuse are held close to the exact ones at the
+    target reuse rate, and validation scores retrieval with reuse on.
+
     Args:
         video: video tower settings (arch, frames, time_init, ...).
         text: text tower settings (Hugging Face model id or local directory).
@@ -34,9 +40,13 @@ class FrozenModule(pl.LightningModule):
         temperature: NormSoftmax temperature.
         margin: MaxMargin margin.
         lr: peak learning rate of AdamW.
-        text_lr: peak learning rate of the text tower's own weights (its projection uses `lr`);
-            None uses `lr`. A pretrained text tower next to a video tower trained from scratch
-            wants a smaller one, or it forgets what its words mean before the video side learns.
+        part_lr: peak learning rates of parts of the model that should not learn at `lr`, by part:
+            "video" (the video tower's image parameters), "temporal" (what models time: time
+            attention, the temporal embedding, a temporal transformer), "text" (the text tower),
+            "projections" (into the joint space), "reuse" (a learned reuse's decisions). A pretrained
+            text tower next to a video tower trained from scratch wants a smaller one ({text: 5e-5}),
+            or it forgets what its words mean before the video side learns; CLIP4Clip fine-tunes
+            CLIP's own parameters at 1e-7 and the new temporal ones at 1e-4.
         weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
         warmup_steps: linear warm-up steps.
         schedule: "constant" after warm-up, or "cosine" decay to 0 over the run.
@@ -67,7 +77,7 @@ class FrozenModule(pl.LightningModule):
         temperature: float = 0.05,
         margin: float = 0.2,
         lr: float = 1e-4,
-        text_lr: Optional[float] = None,
+        part_lr: Optional[dict[str, float]] = None,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
         schedule: Literal["constant", "cosine"] = "constant",
@@ -80,8 +90,15 @@ class FrozenModule(pl.LightningModule):
         float32_matmul_precision: Literal["highest", "high", "medium"] = "high",
     ):
         super().__init__()
+        unknown = sorted(set(part_lr or {}) - set(PARTS))
+        if unknown:
+            raise ValueError(f"model.part_lr: unknown parts {unknown}; parts: {list(PARTS)}")
         self.save_hyperparameters()
         self.model = create_model({"video": video, "text": text, "projection_dim": projection_dim}, pretrained=False)
+        self.trains_reuse = self.model.video_config.reuse.mode == "learned"
+        if self.trains_reuse:  # the towers stay as they are: only the reuse decisions learn
+            for name, param in self.model.named_parameters():
+                param.requires_grad_(part_of(name) == "reuse")
         self.loss_fn: nn.Module = (NormSoftmaxLoss(temperature) if loss == "norm_softmax"
                                    else MaxMarginRankingLoss(margin))
         self.val_metrics = RetrievalMetrics()
@@ -102,7 +119,9 @@ class FrozenModule(pl.LightningModule):
         if self._initial_weights_ready:
             return
         if self.hparams.init_from:
-            report = load_checkpoint(self.model, self.hparams.init_from, self.hparams.temporal_fix)
+            # a learned reuse starts from a model without decisions: they are what this fit trains
+            report = load_checkpoint(self.model, self.hparams.init_from, self.hparams.temporal_fix,
+                                     allowed_missing=("reuse.",) if self.trains_reuse else ())
             for line in report.adapted:
                 rank_zero_info(f"init_from: adapted {line}")
         else:
@@ -142,6 +161,8 @@ class FrozenModule(pl.LightningModule):
         return sum(self.dataset_losses(batch).values())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.trains_reuse:
+            return self.reuse_training_step(batch)
         losses = self.dataset_losses(batch)
         sizes = {name: len(b["video"]) for name, b in named_batches(batch).items() if b is not None}
         if len(losses) > 1:
@@ -149,6 +170,19 @@ class FrozenModule(pl.LightningModule):
                 self.log(f"train/loss_{name}", loss, batch_size=sizes[name])
         total = sum(losses.values())
         self.log("train/loss", total, prog_bar=True, batch_size=sum(sizes.values()))
+        return total
+
+    def reuse_training_step(self, batch: dict[str, Any]) -> Tensor:
+        """A learned reuse's step: the video embeddings with reuse against the exact ones (no text)."""
+        videos = [one["video"] for one in named_batches(batch).values() if one is not None]
+        total, cosine, rate = 0.0, 0.0, 0.0
+        for video in videos:
+            loss, stats = self.model.reuse.distillation_loss(self.model.encode_video, video)
+            total, cosine, rate = total + loss, cosine + stats["cosine"], rate + stats["rate"]
+        size = sum(len(v) for v in videos)
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        self.log("train/reuse_cosine", cosine / len(videos), batch_size=size)
+        self.log("train/reuse_probability", rate / len(videos), batch_size=size)
         return total
 
     def on_train_epoch_end(self) -> None:
@@ -203,11 +237,25 @@ class FrozenModule(pl.LightningModule):
                            f"videos and {captions} of {total_captions} captions"
                            + ("" if videos == total_videos else " (the rest unreadable or beyond limit_*_batches)"))
 
+    def on_validation_epoch_start(self) -> None:
+        self.model.reuse.reset_counts()
+
+    def on_test_epoch_start(self) -> None:
+        self.model.reuse.reset_counts()
+
+    def _log_reuse(self, prefix: str) -> None:
+        """The share of token computations that reuse skipped in this evaluation (with ``video.reuse``)."""
+        if self.model.reuse.total:
+            self.log(f"{prefix}/reuse_rate", self.model.reuse.rate(), sync_dist=True)
+            self.model.reuse.reset_counts()
+
     def on_validation_epoch_end(self) -> None:
         self._log_retrieval(self.val_metrics, "val")
+        self._log_reuse("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_retrieval(self.test_metrics, "test")
+        self._log_reuse("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if "input_ids" not in batch:  # video-only items (a folder to search): no captions to embed
@@ -277,22 +325,26 @@ class FrozenModule(pl.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: decay / no decay, and the text tower apart when `text_lr` is set."""
-        text_lr = self.hparams.text_lr
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        """AdamW groups, named for the learning-rate monitor and the curves: the parts (``part_of``) that
+        share a learning rate ("all" when every part does), each as decay and "/no_decay"."""
+        rates = {part: (self.hparams.part_lr or {}).get(part, self.hparams.lr) for part in PARTS}
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        parts_at: dict[float, set[str]] = {}
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
+            part = part_of(name)
             no_decay = param.ndim <= 1 or any(key in name for key in _NO_DECAY_NAMES)
-            in_text = text_lr is not None and name.startswith("text_model.")
-            groups.setdefault((in_text, no_decay), []).append(param)
+            groups.setdefault((rates[part], no_decay), []).append(param)
+            parts_at.setdefault(rates[part], set()).add(part)
+        present = set().union(*parts_at.values())
         out = []
-        for in_text in (False, True):
+        for rate, parts in parts_at.items():
+            label = "all" if parts == present else "+".join(p for p in PARTS if p in parts)
             for no_decay in (False, True):
-                if (in_text, no_decay) in groups:
-                    out.append({"params": groups[(in_text, no_decay)],
-                                "weight_decay": 0.0 if no_decay else self.hparams.weight_decay,
-                                "lr": text_lr if in_text else self.hparams.lr})
+                if (rate, no_decay) in groups:
+                    out.append({"name": f"{label}/no_decay" if no_decay else label, "params": groups[(rate, no_decay)],
+                                "weight_decay": 0.0 if no_decay else self.hparams.weight_decay, "lr": rate})
         return out
 
     def lr_factor(self, step: int, total_steps: Union[int, Callable[[], int]]) -> float:
@@ -337,6 +389,8 @@ def check_data_fits_model(module: FrozenModule, datamodule: Any) -> None:
     """Settings of data and model that only fail together, checked before the first step."""
     if datamodule is None:
         return
+    if module.model.text_config.tower == "clip" and getattr(datamodule, "tokenizer_name", None):
+        check_clip_tokenizer(module.model.text_model.config, datamodule.tokenizer, datamodule.tokenizer_name)
     positions = getattr(module.model.text_model.config, "max_position_embeddings", None)
     max_length = getattr(datamodule, "max_length", None)
     if positions and max_length and max_length > positions:

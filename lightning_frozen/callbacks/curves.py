@@ -43,7 +43,9 @@ class TrainingCurves(pl.Callback):
             return  # reading the loss syncs a GPU: only as often as the loggers do
         self.history["step"].append(int(trainer.global_step))
         self.history["loss"].append(float(loss))
-        self.history["lr"].append([float(g["lr"]) for g in trainer.optimizers[0].param_groups])
+        groups = trainer.optimizers[0].param_groups
+        self.history["lr"].append([float(g["lr"]) for g in groups])
+        self.history["lr_names"] = [str(g.get("name", f"param group {i}")) for i, g in enumerate(groups)]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
@@ -87,10 +89,12 @@ def plot_curves(history: dict[str, Any], stages: list[tuple[int, str]]) -> bytes
     loss_ax.plot(steps, history["loss"], lw=1)
     loss_ax.set(title="training loss", xlabel="step")
     shown: list[tuple[float, ...]] = []
+    names = history.get("lr_names") or []  # histories recorded before groups had names have none
     for group, rate in enumerate(zip(*history["lr"]) if history["lr"] else []):
         if rate not in shown:  # groups that differ only in weight decay share a rate
             shown.append(rate)
-            lr_ax.plot(steps, rate, lw=1, label=f"param group {group} (peak {max(rate):.1e})")
+            name = names[group].removesuffix("/no_decay") if group < len(names) else f"param group {group}"
+            lr_ax.plot(steps, rate, lw=1, label=f"{name} (peak {max(rate):.1e})")
     lr_ax.set(title="learning rate", xlabel="step")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if shown:

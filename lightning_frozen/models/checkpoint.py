@@ -1,5 +1,6 @@
 """The one loader of weights we did not write in this process: published Frozen-in-Time
-checkpoints, this project's Lightning checkpoints, plain state dicts and timm ViT weights.
+checkpoints, this project's Lightning checkpoints, plain state dicts, timm ViT weights and
+Hugging Face CLIP models (a ``CLIPModel`` folder, or its weights file).
 
 Every file goes through the restricted unpickler of ``lightning_frozen.safe_load``. Key
 names are mapped onto ``FrozenInTime``'s (``checkpoint_filter_fn``, as in timm's model
@@ -24,9 +25,10 @@ from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from ..safe_load import UnsafePickleError, safe_torch_load
+from .clip import convert_clip_state_dict, is_clip_state_dict, read_clip_weights
 
 __all__ = ["LoadReport", "TemporalFix", "UnsafePickleError", "checkpoint_filter_fn", "extract_state_dict",
-           "load_checkpoint", "safe_torch_load"]
+           "load_checkpoint", "read_weights", "safe_torch_load"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ _NOT_IN_VIT = ("timeattn.", "norm3.", "temporal_embed", "text_model.", "txt_proj
 # What MAE encoders may lack besides: the class token (MAE-pytorch has none) and a learned pos_embed.
 _NOT_IN_MAE = ("video_model.cls_token", "video_model.pos_embed")
 _MAE_ONLY = ("decoder", "encoder_to_decoder", "mask_token")
+# ... and those CLIP's cannot: what models time (a temporal transformer whose width differs from the
+# text width cannot start from the text layers), and a learned reuse's decisions.
+NOT_IN_CLIP = ("timeattn.", "norm3.", "temporal_embed", "temporal.", "reuse.")
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -167,12 +172,12 @@ def space_to_time(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _load_image_weights(model: nn.Module, state: Mapping[str, Tensor], temporal_fix: TemporalFix, strict: bool,
-                        name: str, mae: bool) -> LoadReport:
+                        name: str, mae: bool, allowed_missing: tuple[str, ...] = ()) -> LoadReport:
     """ViT or MAE encoder weights into the video tower (see the module docstring)."""
     tower = model.video_model
     if getattr(tower, "time_init", None) == "copy":
         state = space_to_time(state)
-    allowed = _NOT_IN_VIT + (_NOT_IN_MAE if mae else ())
+    allowed = _NOT_IN_VIT + (_NOT_IN_MAE if mae else ()) + allowed_missing
     report = load_state_dict_into(model, state, temporal_fix, strict,
                                   source=f"{name} ({'MAE' if mae else 'ViT'} weights)", allowed_missing=allowed)
     drawn = []
@@ -193,25 +198,38 @@ def _is_timm_vit(state: Mapping[str, Tensor]) -> bool:
                                                           for k in state)
 
 
+def read_weights(source: Union[str, Path, Mapping[str, Any]], name: str = "") -> tuple[dict[str, Tensor], str]:
+    """(state dict, label for errors) of a weights file, a CLIPModel folder or contents already in memory."""
+    if isinstance(source, Mapping):
+        name = name or "state dict"
+        return extract_state_dict(source, name), name
+    name = Path(source).name
+    if Path(source).is_dir():
+        return read_clip_weights(str(source)), name
+    return extract_state_dict(safe_torch_load(source), name), name
+
+
 def load_checkpoint(model: nn.Module, source: Union[str, Path, Mapping[str, Any]],
-                    temporal_fix: TemporalFix = "zeros", strict: bool = True, name: str = "") -> LoadReport:
+                    temporal_fix: TemporalFix = "zeros", strict: bool = True, name: str = "",
+                    allowed_missing: tuple[str, ...] = ()) -> LoadReport:
     """Load weights into a ``FrozenInTime``: a path (published ``.pth.tar``, a Lightning ``.ckpt``,
-    a plain state dict, ``.safetensors``) or such a file's contents already in memory
-    (``name`` then labels it in errors).
+    a plain state dict, ``.safetensors``, a Hugging Face ``CLIPModel`` folder) or such a file's
+    contents already in memory (``name`` then labels it in errors). Keys whose names contain
+    one of ``allowed_missing`` may be absent from the file.
 
     ImageNet ViT weights (timm key names) and MAE checkpoints fill the video tower only: its time
     attention (copied from the space attention with ``time_init: copy``), ``norm3`` and temporal
     embedding, the text tower and the projections are left as they are.
+    CLIP weights fill both towers and their projections (CLIP's towers); what models time is
+    left as it is (see ``clip.convert_clip_state_dict``).
     """
-    if isinstance(source, Mapping):
-        name = name or "state dict"
-        state = extract_state_dict(source, name)
-    else:
-        name = Path(source).name
-        state = extract_state_dict(safe_torch_load(source), name)
+    state, name = read_weights(source, name)
     mae = _is_mae(state)
     if mae:
         state = mae_to_vit(state)
     if mae or _is_timm_vit(state):
-        return _load_image_weights(model, state, temporal_fix, strict, name, mae)
-    return load_state_dict_into(model, state, temporal_fix, strict, source=name)
+        return _load_image_weights(model, state, temporal_fix, strict, name, mae, allowed_missing)
+    if is_clip_state_dict(state):
+        return load_state_dict_into(model, convert_clip_state_dict(state, model.state_dict()), temporal_fix, strict,
+                                    source=f"{name} (CLIP weights)", allowed_missing=NOT_IN_CLIP + allowed_missing)
+    return load_state_dict_into(model, state, temporal_fix, strict, source=name, allowed_missing=allowed_missing)

@@ -13,10 +13,14 @@ from typing import Any, Mapping, Union
 
 from torch import nn
 
-from .checkpoint import TemporalFix, load_checkpoint, safe_torch_load
+from .checkpoint import NOT_IN_CLIP, TemporalFix, load_checkpoint, load_state_dict_into, read_weights, safe_torch_load
+from .clip import clip_hub_id, convert_clip_state_dict, read_clip_weights
 from .config import PRESETS, ModelConfig, arch_names
 from .frozen import FrozenInTime
 from .text import pretrained_text_weights
+
+# The keys each CLIP tower fills (a temporal transformer starts from CLIP's text layers, as CLIP4Clip's).
+_CLIP_PARTS = {"video": ("video_model.", "vid_proj.", "temporal."), "text": ("text_model.", "txt_proj.")}
 
 __all__ = ["PRESETS", "create_model", "load_pretrained_towers"]
 
@@ -51,14 +55,31 @@ def create_model(config: ModelConfigLike = None, weights: Union[str, Path, None]
 
 
 def load_pretrained_towers(model: nn.Module) -> None:
-    """The text encoder's pretrained weights and ImageNet ViT weights, where the model's config asks."""
+    """The towers' pretrained weights where the model's config asks: the text encoder's, ImageNet ViT
+    weights, or CLIP's (a CLIPModel folder or hub id, read once for both towers)."""
     video, text = model.video_config, model.text_config
-    if text.pretrained:
+    clip_sources: dict[str, list[str]] = {}
+    if text.pretrained and text.tower == "clip":
+        clip_sources.setdefault(text.name_or_path, []).append("text")
+    elif text.pretrained:
         model.text_model.load_state_dict(pretrained_text_weights(text.name_or_path, text.config_overrides))
-    if video.pretrained_path:
+    if video.tower == "clip" and (video.pretrained_path or video.pretrained):
+        clip_sources.setdefault(video.pretrained_path or clip_hub_id(video.arch), []).append("video")
+    elif video.pretrained_path:
         load_checkpoint(model, video.pretrained_path)
     elif video.pretrained:
         load_checkpoint(model, _timm_vit_weights(video.arch), name=f"timm {video.arch}")
+    for source, parts in clip_sources.items():
+        _load_clip_towers(model, source, parts)
+
+
+def _load_clip_towers(model: nn.Module, source: str, parts: list[str]) -> None:
+    """The ``parts`` ("video", "text") of a CLIPModel (a folder, its weights file or a hub id)."""
+    state, name = read_weights(source) if Path(source).is_file() else (read_clip_weights(source), source)
+    keep = tuple(prefix for part in parts for prefix in _CLIP_PARTS[part])
+    others = tuple(prefix for part, prefixes in _CLIP_PARTS.items() if part not in parts for prefix in prefixes)
+    converted = {k: v for k, v in convert_clip_state_dict(state, model.state_dict()).items() if k.startswith(keep)}
+    load_state_dict_into(model, converted, source=f"{name} (CLIP weights)", allowed_missing=NOT_IN_CLIP + others)
 
 
 def _timm_vit_weights(arch: Union[str, None]) -> dict:

@@ -3,7 +3,9 @@
 Parameter names and the block's residual wiring follow the published model exactly, so
 its checkpoints load unchanged and ImageNet ViT weights (timm key names) fill everything
 but the temporal parts. With one frame and ``time_init="zeros"`` the model computes what
-the ViT it was initialised from computes.
+the ViT it was initialised from computes. The same tower made from CLIP's ViT takes CLIP's
+numerics as options (a LayerNorm before the blocks, quick-GELU, LayerNorm eps 1e-5, no patch
+bias), which add or change nothing when left at their defaults.
 
 The video-transformer initialisation options: a Conv3d tubelet embedding (ViViT) whose kernel
 is inflated from 2D weights, and time attention started as a copy of the space attention.
@@ -14,11 +16,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, get_act_layer, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import Inflate, PatchEmbedKind, TimeInit
+
+
+def check_frame_size(height: int, width: int, img_size: int) -> None:
+    """Frames must have the size the position embeddings were made for."""
+    if height != img_size or width != img_size:
+        raise ValueError(f"video frames are {height}x{width} but the model expects {img_size}x{img_size}: "
+                         "set data.input_res to the model's img_size")
 
 
 class VideoPatchEmbed(nn.Module):
@@ -31,7 +40,8 @@ class VideoPatchEmbed(nn.Module):
     """
 
     def __init__(self, img_size: int, patch_size: int, embed_dim: int, in_chans: int = 3,
-                 kind: PatchEmbedKind = "conv2d", tubelet_size: int = 2, inflate: Inflate = "central"):
+                 kind: PatchEmbedKind = "conv2d", tubelet_size: int = 2, inflate: Inflate = "central",
+                 bias: bool = True):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
@@ -47,18 +57,14 @@ class VideoPatchEmbed(nn.Module):
         self.tubelet_size = tubelet_size if kind == "conv3d" else 1
         self.inflate = inflate
         if kind == "conv2d":
-            self.proj: nn.Module = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+            self.proj: nn.Module = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
         else:
             kernel = (tubelet_size, patch_size, patch_size)
-            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel, bias=bias)
 
     def forward(self, video: Tensor) -> Tensor:
         b, f, c, h, w = video.shape
-        if h != self.img_size or w != self.img_size:
-            raise ValueError(
-                f"video frames are {h}x{w} but the model expects {self.img_size}x{self.img_size}: "
-                "set data.input_res to the model's img_size"
-            )
+        check_frame_size(h, w, self.img_size)
         if isinstance(self.proj, nn.Conv2d):
             x = self.proj(video.reshape(b * f, c, h, w))  # [B*F, D, h', w']
             return x.flatten(2).transpose(1, 2).reshape(b, f * self.num_patches, -1)
@@ -125,12 +131,16 @@ class DividedAttention(nn.Module):
 
     def forward(self, x: Tensor, frames: int, over: Literal["space", "time"]) -> Tensor:
         """Tokens [B, 1 + F*N, D] -> [B, 1 + F*N, D]."""
-        b, n_tok, dim = x.shape
+        return self.attend(self.qkv(x), frames, over)
+
+    def attend(self, qkv: Tensor, frames: int, over: Literal["space", "time"]) -> Tensor:
+        """The attention and output projection of projected tokens ``qkv`` [B, 1 + F*N, 3D]."""
+        b, n_tok, _ = qkv.shape
         patches = (n_tok - 1) // frames
-        cls, rest = self.qkv(x).split((1, n_tok - 1), dim=1)
+        cls, rest = qkv.split((1, n_tok - 1), dim=1)
         cls = cls.view(b, 3, self.num_heads, self.head_dim)
         rest = rest.view(b, frames, patches, 3, self.num_heads, self.head_dim)
-        attend = _space_attention if over == "space" else _time_attention
+        attend = space_attention if over == "space" else time_attention
         cls_out, patch_out = attend(cls, rest, self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(torch.cat([cls_out, patch_out], dim=1)))
 
@@ -139,18 +149,26 @@ class DividedAttention(nn.Module):
 
         For the last block, whose patch outputs never reach the CLS feature.
         """
-        b, n_tok, dim = x.shape
-        h, hd = self.num_heads, self.head_dim
-        weight, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(x[:, :1], weight[:dim], None if bias is None else bias[:dim])
-        kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
-        k, v = kv.view(b, n_tok, 2, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q.view(b, 1, h, hd).transpose(1, 2), k, v, dropout_p=drop)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, 1, dim)))
+        out = cls_query_attention(self.qkv, x, self.num_heads, self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out))
 
 
-def _space_attention(cls: Tensor, rest: Tensor, drop: float) -> tuple[Tensor, Tensor]:
+def cls_query_attention(qkv: nn.Linear, x: Tensor, num_heads: int, drop: float = 0.0) -> Tensor:
+    """The first token's query over every token's key and value, before the output projection: [B, 1, D].
+
+    Only that one query is projected, so a last block whose other outputs are unused skips their work.
+    """
+    b, n_tok, dim = x.shape
+    hd = dim // num_heads
+    weight, bias = qkv.weight, qkv.bias
+    q = F.linear(x[:, :1], weight[:dim], None if bias is None else bias[:dim])
+    kv = F.linear(x, weight[dim:], None if bias is None else bias[dim:])
+    k, v = kv.view(b, n_tok, 2, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    out = F.scaled_dot_product_attention(q.view(b, 1, num_heads, hd).transpose(1, 2), k, v, dropout_p=drop)
+    return out.transpose(1, 2).reshape(b, 1, dim)
+
+
+def space_attention(cls: Tensor, rest: Tensor, drop: float) -> tuple[Tensor, Tensor]:
     """cls [B, 3, h, hd], rest [B, F, N, 3, h, hd] -> outputs [B, 1, D], [B, F*N, D]."""
     b, frames, patches, _, h, hd = rest.shape
     q_cls, kv_cls = cls.split((1, 2), dim=1)
@@ -178,7 +196,7 @@ def _softmax(logits: Tensor, scale: float, drop: float, dtype: torch.dtype) -> T
     return F.dropout(probs, drop, training=drop > 0).to(dtype)
 
 
-def _time_attention(cls: Tensor, rest: Tensor, drop: float) -> tuple[Tensor, Tensor]:
+def time_attention(cls: Tensor, rest: Tensor, drop: float) -> tuple[Tensor, Tensor]:
     """cls [B, 3, h, hd], rest [B, F, N, 3, h, hd] -> outputs [B, 1, D], [B, F*N, D]."""
     b, frames, patches, _, h, hd = rest.shape
     scale = hd ** -0.5
@@ -209,15 +227,16 @@ class SpaceTimeBlock(nn.Module):
     """Time attention, then space attention, then MLP; the space residual is x, not x + time."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_eps: float = 1e-6,
+                 act_layer: str = "gelu"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = DividedAttention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.timeattn = DividedAttention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.norm3 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=get_act_layer(act_layer), drop=drop)
 
     def copy_space_to_time(self) -> None:
         """Time attention (and its norm) as copies of the space attention (and its norm)."""
@@ -239,6 +258,8 @@ class SpaceTimeTransformer(nn.Module):
 
     ``num_frames`` is the clip length it takes; with ``patch_embed="conv3d"`` the temporal
     embedding holds num_frames / tubelet_size time steps.
+    ``pre_norm``, ``act_layer``, ``norm_eps`` and ``patch_bias`` give CLIP's numerics (timm's names:
+    ``norm_pre`` is CLIP's ``pre_layrnorm``); their defaults are the published tower's.
     """
 
     def __init__(
@@ -259,6 +280,10 @@ class SpaceTimeTransformer(nn.Module):
         patch_embed: PatchEmbedKind = "conv2d",
         tubelet_size: int = 2,
         inflate: Inflate = "central",
+        pre_norm: bool = False,
+        act_layer: str = "gelu",
+        norm_eps: float = 1e-6,
+        patch_bias: bool = True,
     ):
         super().__init__()
         if time_init not in ("zeros", "rand", "copy"):
@@ -268,7 +293,7 @@ class SpaceTimeTransformer(nn.Module):
         self.embed_dim = self.num_features = embed_dim
         self.grad_checkpointing = grad_checkpointing
         self.patch_embed = VideoPatchEmbed(img_size, patch_size, embed_dim, kind=patch_embed,
-                                           tubelet_size=tubelet_size, inflate=inflate)
+                                           tubelet_size=tubelet_size, inflate=inflate, bias=patch_bias)
         if num_frames % self.patch_embed.tubelet_size:
             raise ValueError(f"num_frames {num_frames} is not a multiple of tubelet_size {tubelet_size}")
         self.patches_per_frame = self.patch_embed.num_patches
@@ -276,11 +301,13 @@ class SpaceTimeTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patches_per_frame + 1, embed_dim))
         self.temporal_embed = nn.Parameter(torch.zeros(1, self.time_steps(num_frames), embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
+        self.norm_pre = nn.LayerNorm(embed_dim, eps=norm_eps) if pre_norm else nn.Identity()
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, True, drop_rate, attn_drop_rate, r) for r in rates
+            SpaceTimeBlock(embed_dim, num_heads, mlp_ratio, True, drop_rate, attn_drop_rate, r, norm_eps, act_layer)
+            for r in rates
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self._init_weights(time_init, pos_init_std)
 
     def _init_weights(self, time_init: TimeInit, pos_init_std: float) -> None:
@@ -331,7 +358,7 @@ class SpaceTimeTransformer(nn.Module):
         x = x.view(b, steps, self.patches_per_frame, dim) + self.pos_embed[:, None, 1:]
         x = (x + self.temporal_embed[:, :steps, None]).flatten(1, 2)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
-        return self.pos_drop(torch.cat([cls, x], dim=1))
+        return self.norm_pre(self.pos_drop(torch.cat([cls, x], dim=1)))
 
     def _tokens(self, video: Tensor, cls_only: bool) -> Tensor:
         frames = self.time_steps(video.shape[1])

@@ -63,7 +63,7 @@ def pretrained_text_weights(name_or_path: str, overrides: dict[str, Any] | None 
 
     name_or_path = resolve_name_or_path(name_or_path)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = transformers.AutoModel.from_pretrained(name_or_path, **(overrides or {}))
     except OSError as err:
         raise OSError(offline_hint(name_or_path, "pretrained weights")) from err
@@ -71,7 +71,7 @@ def pretrained_text_weights(name_or_path: str, overrides: dict[str, Any] | None 
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """No progress bar and no LOAD REPORT while reading weights.
 
     The report lists the layers that ``config_overrides`` cut away as "unexpected"; the

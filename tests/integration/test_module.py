@@ -130,8 +130,8 @@ def test_parameter_groups_exclude_norms_biases_embeddings(tiny_text):
     assert len(decay_names) + len(no_decay_names) == len(list(module.model.parameters()))
 
 
-def test_text_lr_gives_the_text_tower_its_own_groups(tiny_text):
-    module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, lr=1e-3, text_lr=1e-4)
+def test_part_lr_gives_the_text_tower_its_own_named_groups(tiny_text):
+    module = FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, projection_dim=16, lr=1e-3, part_lr={"text": 1e-4})
     groups = module.parameter_groups()
     names = {id(p): n for n, p in module.model.named_parameters()}
     by_lr: dict[float, set[str]] = {}
@@ -143,6 +143,12 @@ def test_text_lr_gives_the_text_tower_its_own_groups(tiny_text):
     assert sum(len(g["params"]) for g in groups) == len(list(module.model.parameters()))
     expected = [(1e-4, 0.0), (1e-4, 0.01), (1e-3, 0.0), (1e-3, 0.01)]
     assert sorted((g["lr"], g["weight_decay"]) for g in groups) == expected
+    assert {g["name"] for g in groups} == {"video+temporal+projections", "video+temporal+projections/no_decay",
+                                           "text", "text/no_decay"}
+    assert [g["name"] for g in FrozenModule(video=dict(TINY_VIDEO), text=tiny_text).parameter_groups()] == \
+        ["all", "all/no_decay"]
+    with pytest.raises(ValueError, match=r"unknown parts \['txt'\]; parts: \['video', 'temporal'"):
+        FrozenModule(video=dict(TINY_VIDEO), text=tiny_text, part_lr={"txt": 1e-4})
 
 
 def test_lr_schedule_warmup_then_cosine(tiny_text):
