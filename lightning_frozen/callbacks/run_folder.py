@@ -64,7 +64,8 @@ class RunFolder(pl.Callback):
         if self.opened:
             return
         self.opened = True
-        if trainer.is_global_zero:
+        writes = stage == "fit" or bool(self.loggers)  # validate/test without loggers write nothing, not even a marker
+        if trainer.is_global_zero and writes:
             if self.command is not None:
                 self._mark(stage)
             if stage == "fit" and self.config is not None:
