@@ -37,7 +37,7 @@ from .similarity import normalize
 from .tokenizer import build_tokenizer
 
 Head = Literal["linear", "zero_shot"]
-_FIXED_SETTINGS = {"compile": "off", "compile_backend": "inductor", "text_lr": None}
+_FIXED_SETTINGS = {"compile": "off", "compile_backend": "inductor", "part_lr": None}
 
 
 class VideoClassifier(FrozenModule):
@@ -122,8 +122,8 @@ class VideoClassifier(FrozenModule):
         groups = super().parameter_groups()
         if self.head is not None:
             lr, decay = self.hparams.lr, self.hparams.weight_decay
-            groups += [{"params": [self.head.weight], "weight_decay": decay, "lr": lr},
-                       {"params": [self.head.bias], "weight_decay": 0.0, "lr": lr}]
+            groups += [{"name": "head", "params": [self.head.weight], "weight_decay": decay, "lr": lr},
+                       {"name": "head/no_decay", "params": [self.head.bias], "weight_decay": 0.0, "lr": lr}]
         return groups
 
     def on_train_epoch_start(self) -> None:

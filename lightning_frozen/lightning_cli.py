@@ -48,7 +48,7 @@ class FrozenArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse trying alternatives: it catches its own errors
             super().error(message, ex)
-        lines = [line.strip() for line in message.strip().splitlines()]
+        lines = [line.strip() for line in _without_union_preamble(message).strip().splitlines()]
         raise UsageError(" ".join(lines) if len(lines) <= 3 else "\n".join(lines)) from None  # a long list stays one
 
 
@@ -235,6 +235,18 @@ class FrozenCLI(LightningCLI):
 
     def test(self, **kwargs: Any) -> Any:
         return self.trainer.test(**{**kwargs, "verbose": False})
+
+
+def _without_union_preamble(message: str) -> str:
+    """jsonargparse's error for a bad key of a class chosen by class_path (the model, in subclass mode) lists
+    every subtype it tried; the user needs the key and the reason: "model.lr: Expected a <class 'float'>..."."""
+    tried = re.search(r'Parser key "([^"]+)":\s*Does not validate against any of the Union subtypes.*?'
+                      r"- Problem with given class_path '[^']+':\s*(.*?)(?=\n- |\Z)", message, re.S)
+    if not tried:
+        return message
+    outer, inner = tried.groups()
+    key = re.match(r'Parser key "([^"]+)":\s*(.*)', inner, re.S)
+    return f"{outer}.{key.group(1)}: {key.group(2).strip()}" if key else f"{outer}: {inner.strip()}"
 
 
 def _data_seed(seed_everything: Any) -> int:

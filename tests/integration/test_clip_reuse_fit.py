@@ -15,7 +15,7 @@ CLIP_VIDEO = dict(tower="clip", temporal="transformer", temporal_layers=1, arch=
 def clip_config(tmp_path, tiny_msrvtt, text_dir, **model):
     """The tiny config with CLIP towers (the text tower reading MiniLM's WordPiece tokens)."""
     path = tiny_config(tmp_path, tiny_msrvtt, text_dir, limit_val_batches=1, limit_test_batches=1,
-                       enable_checkpointing=True)
+                       enable_checkpointing=True, default_root_dir=str(tmp_path / "run"))
     config = yaml.safe_load(path.read_text())
     config["model"].update({
         "video": dict(CLIP_VIDEO),
