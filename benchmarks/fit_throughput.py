@@ -141,7 +141,7 @@ def fit_config(*, run_dir: Path, data: Path, text: str, text_overrides: dict[str
             "accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1, "precision": trainer_precision,
             "max_steps": warmup + timed + profile_steps, "limit_val_batches": 0, "num_sanity_val_steps": 0,
             "enable_checkpointing": False, "logger": False, "enable_progress_bar": False,
-            "enable_model_summary": False, "default_root_dir": str(run_dir),
+            "enable_model_summary": False, "default_root_dir": str(run_dir / "run"),
             "profiler": {"class_path": "pytorch_lightning.profilers.SimpleProfiler",
                          "init_args": {"dirpath": str(run_dir), "filename": "simple_profiler"}},
             "callbacks": [{"class_path": "fit_throughput.FitClock", "init_args": clock}],

@@ -84,11 +84,8 @@ def train(run: str, args: list[str], config: str = CONFIG) -> None:
 
 
 def elsewhere(run: str) -> list[str]:
-    """Command-line arguments that put a run's logs and checkpoints into ``run`` (runs/<name>)."""
-    loggers = [{"class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": str(Path(run).parent), "name": Path(run).name, "version": ""}},
-               {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": run, "name": "csv"}}]
-    return ["--trainer.default_root_dir", run, "--trainer.logger", json.dumps(loggers)]
+    """Command-line arguments that put a run's checkpoints and logs into ``run`` (runs/<name>)."""
+    return ["--run_dir", run]
 
 
 def design_checkpoint(design: str, skip_training: bool) -> Optional[Path]:

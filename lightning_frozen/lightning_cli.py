@@ -241,7 +241,7 @@ def _without_union_preamble(message: str) -> str:
     """jsonargparse's error for a bad key of a class chosen by class_path (the model, in subclass mode) lists
     every subtype it tried; the user needs the key and the reason: "model.lr: Expected a <class 'float'>..."."""
     tried = re.search(r'Parser key "([^"]+)":\s*Does not validate against any of the Union subtypes.*?'
-                      r"- Problem with given class_path '[^']+':\s*(.*?)(?=\n- |\Z)", message, re.S)
+                      r"- Problem with given class_path '[^']+':\s*(.*?)(?=\n\s*- |\Z)", message, re.S)
     if not tried:
         return message
     outer, inner = tried.groups()
