@@ -20,12 +20,13 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # Layers only point down (import-linter contract in setup.cfg), lint rules in pyproject.toml, the documentation
-# site builds strictly (broken links, missing pages and docstrings that do not render fail), then the suite.
+# site builds strictly (broken links, missing pages and docstrings that do not render fail), then the suite, one
+# process per core (a test file stays in one process: its module fixtures and case order are kept).
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .site
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The fast tier alone (no Trainer, no subprocess): about a minute.
 test-unit: $(STAMP)
