@@ -259,8 +259,28 @@ class FrozenModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         if "input_ids" not in batch:  # video-only items (a folder to search): no captions to embed
-            return self.predictions(batch, None, self.model.encode_video(batch["video"]))
+            return self.predictions(batch, None, self.embed_windows(batch))
         return self.predictions(batch, *self.embed_pairs(batch))
+
+    def embed_windows(self, batch: dict[str, Any]) -> Tensor:
+        """Video embeddings of video-only items.
+
+        Windows of a search index name the video frames their clip holds (``meta["frames"]``):
+        overlapping windows share frames, so a per-frame video tower encodes each distinct frame
+        of the batch once (``FrozenInTime.encode_windows``) and pools each window's frames, as
+        ``encode_video`` of each clip would. The space-time tower encodes clips as they come.
+        """
+        video, meta = batch["video"], batch["meta"]
+        frames = meta.get("frames")
+        if self.model.temporal is None or frames is None or any(f is None for f in frames) or video.ndim != 5:
+            return self.model.encode_video(video)
+        first: dict[tuple[Any, int], int] = {}  # (video, frame number) -> its first row in the flattened clips
+        rows = [[first.setdefault((path, number), b * video.shape[1] + j) for j, number in enumerate(window)]
+                for b, (path, window) in enumerate(zip(meta["path"], frames))]
+        distinct = sorted(set(first.values()))
+        position = {row: i for i, row in enumerate(distinct)}
+        window_frames = torch.tensor([[position[row] for row in window] for window in rows], device=video.device)
+        return self.model.encode_windows(video.flatten(0, 1)[distinct], window_frames, batch_size=len(distinct))
 
     @staticmethod
     def predictions(batch: dict[str, Any], text_emb: Optional[Tensor], video_emb: Tensor) -> dict[str, Any]:

@@ -169,3 +169,29 @@ def test_encode_windows_equals_each_window_encoded_alone(tiny_text, temporal):
         assert cached_flops < 0.7 * alone_flops
     with pytest.raises(ValueError, match="indices into 10 frames"):
         exact.encode_windows(frames, [[0, 10]])
+
+
+@pytest.mark.parametrize("temporal", ["mean", "space_time"])
+def test_predict_encodes_each_frame_shared_by_index_windows_once(tiny_text, temporal):
+    """Search windows at half-window stride (two videos in one batch): predict_step gives the embeddings of
+    each window's clip encoded alone, and with a per-frame tower computes each distinct frame once."""
+    torch.manual_seed(0)
+    module = FrozenModule(video=dict(VIDEO, temporal=temporal, num_frames=4),
+                          text=dict(tiny_text, config_overrides={"num_hidden_layers": 1}), projection_dim=16).eval()
+    torch.manual_seed(5)
+    videos = {"a.mp4": torch.randn(10, 3, 32, 32), "b.mp4": torch.randn(6, 3, 32, 32)}
+    windows = [("a.mp4", (0, 1, 2, 3)), ("a.mp4", (2, 3, 4, 5)), ("a.mp4", (4, 5, 6, 7)), ("b.mp4", (0, 1, 2, 3)),
+               ("b.mp4", (2, 3, 4, 5))]
+    clips = torch.stack([videos[path][list(frames)] for path, frames in windows])
+    meta = {"id": [f"{p}#{i}" for i, (p, _) in enumerate(windows)], "path": [p for p, _ in windows],
+            "index": list(range(len(windows))), "frames": [f for _, f in windows]}
+    batch = {"video": clips, "meta": meta}
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(torch.cat([module.model.encode_video(c[None]) for c in clips]), dim=-1)
+    cached_flops, got = flops(lambda: module.predict_step(batch, 0)["video"])
+    plain_flops, _ = flops(lambda: module.predict_step({**batch, "meta": {**meta, "frames": [None] * 5}}, 0))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    if temporal == "mean":  # 8 + 6 distinct frames instead of 20
+        assert cached_flops < 0.8 * plain_flops
+    else:  # the space-time tower sees each clip whole
+        assert cached_flops == plain_flops
