@@ -69,7 +69,7 @@ def run_config(args: argparse.Namespace, name: str, model: dict[str, Any], inter
     folder.mkdir(parents=True, exist_ok=True)
     config["seed_everything"] = args.seed
     config["trainer"].update(max_epochs=args.epochs, logger=False, enable_checkpointing=False, callbacks=[],
-                             enable_progress_bar=False, limit_val_batches=0, default_root_dir=str(folder))
+                             enable_progress_bar=False, limit_val_batches=0, default_root_dir=str(folder / "run"))
     if args.limit_train_batches:
         config["trainer"]["limit_train_batches"] = args.limit_train_batches
     config["model"]["init_args"].update(init_from=str(args.init_from), **model)

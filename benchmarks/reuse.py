@@ -42,10 +42,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from model_throughput import counted_flops  # noqa: E402
 
 from lightning_frozen.data import MSRVTT  # noqa: E402
-from lightning_frozen.data.synthetic import DIRECTIONS, make_synthetic_dataset  # noqa: E402
+from lightning_frozen.data.synthetic import DIRECTIONS, VIDEO_TEMPLATES, make_synthetic_dataset  # noqa: E402
 from lightning_frozen.data.transforms import VideoTransform  # noqa: E402
 from lightning_frozen.data.video import read_frames, sample_frame_indices  # noqa: E402
-from lightning_frozen.demo import PROBE_TEMPLATE  # noqa: E402
 from lightning_frozen.lightning_cli import run_cli  # noqa: E402
 from lightning_frozen.metrics import t2v_metrics  # noqa: E402
 from lightning_frozen.models import ModelConfig, create_model, safe_torch_load  # noqa: E402
@@ -54,6 +53,7 @@ from lightning_frozen.tokenizer import build_tokenizer  # noqa: E402
 CONFIG = "configs/demo_clip.yaml"
 REUSE_CONFIG = "configs/demo_clip_reuse.yaml"
 DATA = Path("data/synthetic_msrvtt")
+PROBE_TEMPLATE = VIDEO_TEMPLATES[0]  # the demo's direction probe: "a {fg} {shape} {motion} on a {bg} background"
 DESIGNS = {"transformer": "runs/demo_clip", "mean": "runs/demo_clip_mean", "space_time": "runs/demo_clip_space_time"}
 SETTINGS: dict[str, list[dict[str, Any]]] = {
     "diff": [{"mode": "diff", "threshold": t} for t in (0.02, 0.05, 0.1, 0.2, 0.4)],
@@ -119,7 +119,7 @@ class TestSet:
 
     def __init__(self, frames: int, input_res: int, tokenizer_name: str):
         dataset = MSRVTT(DATA, cut="jsfusion", split="test", frame_size=80)
-        dataset.set_num_frames(frames)
+        dataset.run_state.set_num_frames(frames)
         transform = VideoTransform(train=False, input_res=input_res)
         items = [dataset[i] for i in range(len(dataset))]
         self.clips = torch.cat([transform(item["video"].unsqueeze(0)) for item in items])

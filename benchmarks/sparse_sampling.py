@@ -82,7 +82,7 @@ def run_config(args: argparse.Namespace, setting: str, seed: int, folder: Path) 
     config["seed_everything"] = seed
     config["trainer"].update(
         max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(folder),
+        limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=str(folder / "run"),
         callbacks=[{"class_path": "fit_throughput.FitClock",
                     "init_args": {"out": str(folder / "clock.json"), "warmup": warmup, "timed": steps - warmup}}])
     if args.limit_train_batches:
