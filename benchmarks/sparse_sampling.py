@@ -20,7 +20,7 @@ interleaved (seed 0: 1x4, 2x2; seed 1: ...) so a busy machine slows both alike.
 
 It prints a table and writes JSON (after every run, so an interrupted sweep keeps what it measured).
 
-    python benchmarks/sparse_sampling.py --epochs 8 --seeds 0 1 2
+    python benchmarks/sparse_sampling.py --epochs 27 --seeds 0 1 2
 """
 from __future__ import annotations
 
