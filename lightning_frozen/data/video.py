@@ -98,12 +98,10 @@ def sample_clip_indices(
     random ("rand"), in its middle ("uniform") or ``fix_start`` frames into it (kept inside), so
     long clips may overlap. A clip longer than the video starts at frame 0 and repeats the last.
     """
-    if num_video_frames < 1:
-        raise ValueError(f"num_video_frames must be >= 1, got {num_video_frames}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if num_clips < 1:
-        raise ValueError(f"clips_per_video must be >= 1, got {num_clips}")
+    for label, count in (("num_video_frames", num_video_frames), ("num_frames", num_frames),
+                         ("clips_per_video", num_clips)):
+        if count < 1:
+            raise ValueError(f"{label} must be >= 1, got {count}")
     if frame_interval is not None and frame_interval < 1:
         raise ValueError(f"frame_interval must be >= 1 frame (or null to spread the frames), got {frame_interval}")
     if frame_interval is None:

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_frozen.data import RunState
+from lightning_frozen.data.core import SkipCount
 from lightning_frozen.data.collate import TextVideoCollator
 from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -35,32 +36,28 @@ class TinyVideoDataset(Dataset):
         self.run_state = RunState(num_frames=num_frames)
         if name is not None:
             self.name = name
-        self._skips = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.skips = SkipCount()
 
     def use_run_state(self, run_state: RunState) -> None:
         self.run_state = run_state
 
     @property
-    def num_frames(self) -> int:
-        return self.run_state.num_frames
-
-    @property
     def num_skipped(self) -> int:
-        return int(self._skips.item())
+        return self.skips.total
 
     def reset_skipped(self) -> None:
-        self._skips.zero_()
+        self.skips.reset()
 
     def __len__(self) -> int:
         return self.length
 
     def frames(self, index: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(index)
-        return torch.randint(0, 256, (self.num_frames, 3, self.size, self.size), generator=g, dtype=torch.uint8)
+        return torch.randint(0, 256, (self.run_state.num_frames, 3, self.size, self.size), generator=g, dtype=torch.uint8)
 
     def __getitem__(self, index: int) -> dict:
         if self.skip_every and index % self.skip_every == 0:
-            self._skips += 1
+            self.skips.add()
         return {
             "video": self.frames(index),
             "text": " ".join(WORDS[: 2 + index % len(WORDS)]),
@@ -297,7 +294,8 @@ def test_loader_survives_lightning_distributed_sampler_injection():
     # A StatefulDataLoader keeps its batching in a (stateful) batch sampler around the new sampler.
     assert type(ddp_loader) is type(loader) and ddp_loader.batch_sampler.sampler is sampler
     assert ddp_loader.batch_sampler.drop_last and ddp_loader.batch_sampler.batch_size == 2
-    ds._skips += 5
+    for _ in range(5):
+        ds.skips.add()
     batches = list(ddp_loader)  # on_start reset the counter, then 4 items were read
     assert len(batches) == 2 and ds.num_skipped == 4
     assert batches[0]["input_ids"].dtype == torch.long
@@ -412,7 +410,7 @@ def test_module_docstring_yaml_example_instantiates(tmp_path_factory, tmp_path, 
     assert [type(d) for d in dm.datasets["val"]] == [MSRVTT]
     assert dm.names["train"] == ["webvid", "cc3m"] and dm.train_batch_sizes == [16, 64]
     dm.setup("fit")
-    assert dm.datasets["train"][0].num_frames == 4
+    assert dm.datasets["train"][0].run_state.num_frames == 4
 
 
 @pytest.mark.parametrize("save_on", ["epoch_end", "mid_epoch"])
