@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from machine import cpu_description  # noqa: E402
 
 from lightning_frozen.data.transforms import VideoTransform  # noqa: E402
 from lightning_frozen.lightning_cli import run_cli  # noqa: E402
@@ -136,7 +137,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     if not args.init_from.is_file():
         raise SystemExit(f"{args.init_from} not found: run `make demo` first (or pass --init-from)")
-    report: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    report: dict[str, Any] = {"machine": cpu_description(), "cpus": os.cpu_count(),
                               "threads": args.threads, "torch": torch.__version__, "epochs": args.epochs,
                               "init_from": str(args.init_from), "seed": args.seed, "runs": []}
     plan = {

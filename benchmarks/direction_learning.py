@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from machine import cpu_description  # noqa: E402
 
 from lightning_frozen.data.synthetic import DIRECTIONS, random_spec, render_clip  # noqa: E402
 from lightning_frozen.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -111,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for std, curve in curves.items():
         print(f"{std:>12} | " + " ".join(f"{a:6.1f}" for a in curve))
     result = {"steps": steps, "accuracy": curves, "args": {k: str(v) for k, v in vars(args).items()},
-              "machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "machine": cpu_description(), "threads": args.threads,
               "seconds": round(time.time() - started, 1)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))

@@ -70,6 +70,7 @@ for folder in (ROOT, HERE):
         sys.path.insert(0, str(folder))
 
 from cell_runner import Job, Report, profile_summary, progress, run_jobs  # noqa: E402
+from machine import cpu_description  # noqa: E402
 
 from lightning_frozen.losses import NormSoftmaxLoss  # noqa: E402
 from lightning_frozen.models import FrozenInTime  # noqa: E402
@@ -746,11 +747,7 @@ def make_jobs(plan: list[list[str]], bench: Bench) -> list[Job]:
 def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
                             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.partition(":")[2].strip()
-                break
+    info["cpu"] = cpu_description()
     if device.type == "cuda":
         info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
                     gpu_memory_gib=torch.cuda.get_device_properties(device).total_memory / 2**30)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import cpu_description  # noqa: E402
 from model_throughput import counted_flops  # noqa: E402
 
 from lightning_frozen.data import MSRVTT  # noqa: E402
@@ -68,11 +67,7 @@ def progress(message: str) -> None:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = Path("/proc/cpuinfo").read_text()
-    extras = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f" {f}" in flags]
-    return f"{cpu}, {os.cpu_count()} cores, {' '.join(extras)}; torch {torch.__version__}"
+    return f"{cpu_description()}; torch {torch.__version__}"
 
 
 # ----------------------------------------------------------------------------- models

@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from machine import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "search.json"
@@ -254,7 +254,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--json", default=str(DEFAULT_JSON))
     args = parser.parse_args(argv)
     module = demo_module()
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "search": []}
+    results: dict = {"machine": cpu_description(), "search": []}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for size in args.sizes:

@@ -14,8 +14,6 @@ its ratio to the baseline; writes JSON.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from machine import cpu_description
 from search import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +95,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             for name, command in commands.items():
                 times[name].append(wall_seconds(command))
     baseline = statistics.median(times["import torch, transformers"])
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+    results = {"machine": cpu_description(),
                "index": summary.report().splitlines()[0], "checkpoint": str(args.ckpt or "untrained demo geometry"),
                "runs": args.runs, "median_s": {}, "ratio_to_baseline": {}, "all_s": times}
     for name, values in times.items():

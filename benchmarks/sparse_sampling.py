@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ for folder in (ROOT, HERE):
         sys.path.insert(0, str(folder))
 
 import fit_throughput  # noqa: E402,F401  the runs' configs name its FitClock callback
+from machine import cpu_description  # noqa: E402
 
 from lightning_frozen.data.synthetic import make_synthetic_dataset  # noqa: E402
 from lightning_frozen.demo import direction_accuracy  # noqa: E402
@@ -164,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     make_synthetic_dataset(args.data, "msrvtt")  # the demo's dataset (reused when there)
-    report: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    report: dict[str, Any] = {"machine": cpu_description(), "cpus": os.cpu_count(),
                               "threads": args.threads, "torch": torch.__version__, "epochs": args.epochs,
                               "limit_train_batches": args.limit_train_batches,
                               "init_from": str(args.init_from) if args.init_from.is_file() else None, "runs": []}
