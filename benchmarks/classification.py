@@ -16,7 +16,7 @@ No validation: the last weights are tested on the 100 test clips, with one centr
 and with 3 crops x 2 clips (class probabilities averaged over the 6 views). Prints a table, writes JSON.
 
     lightning-frozen synthetic --root data/synthetic_kinetics --layout kinetics --size 80 112
-    python benchmarks/classification.py --epochs 5
+    python benchmarks/classification.py --epochs 40
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo_classify.yaml")
     parser.add_argument("--init-from", type=Path, default=DEMO_BEST, help="the checkpoint `make demo` writes")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "synthetic_kinetics")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--intervals", type=int, nargs="*", default=[1, 2, 4, 6],
                         help="frame_interval values of the sweep (4 frames span 3 x interval + 1 of the 20)")
     parser.add_argument("--parts", nargs="+", default=["zero_shot", "fine_tune", "linear_probe", "partial", "sweep"])
