@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_frozen.data import RunState
-from lightning_frozen.data.core import SkipCount
 from lightning_frozen.data.collate import TextVideoCollator
+from lightning_frozen.data.core import SkipCount
 from lightning_frozen.data.datamodule import FrozenDataModule
 from lightning_frozen.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lightning_frozen.tokenizer import build_tokenizer, bundled_text_model_path
@@ -53,7 +53,8 @@ class TinyVideoDataset(Dataset):
 
     def frames(self, index: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(index)
-        return torch.randint(0, 256, (self.run_state.num_frames, 3, self.size, self.size), generator=g, dtype=torch.uint8)
+        shape = (self.run_state.num_frames, 3, self.size, self.size)
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
 
     def __getitem__(self, index: int) -> dict:
         if self.skip_every and index % self.skip_every == 0:
