@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from .arguments import PROG, UsageError
+from .help_cache import print_help
 
 DEBUG_ENV = "LIGHTNING_FROZEN_DEBUG"
 INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
@@ -139,6 +140,12 @@ def dispatch(args: list[str]) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0
+    if len(args) == 2 and args[1] in ("-h", "--help") and args[0] in (*TRAINER_COMMANDS, *TOOL_COMMANDS):
+        return print_help(args[0], lambda: run_command(args))
+    return run_command(args)
+
+
+def run_command(args: list[str]) -> int:
     if args[0] in TOOL_COMMANDS:
         result = tool_main(args[0])(args[1:])
         return result if isinstance(result, int) else int(getattr(result, "exit_code", 0))

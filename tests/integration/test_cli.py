@@ -1,4 +1,5 @@
 """The installed `lightning-frozen` command: help, dispatch, and independence from the working folder."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,29 @@ def test_the_command_and_its_tools_help_load_neither_torch_nor_lightning():
     result = subprocess.run([sys.executable, "-c", LIGHT_HELP], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["import: []", "help: []"], result.stdout
+
+
+HELP_AND_IMPORTS = """
+import sys
+from lightning_frozen.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit_:
+    assert exit_.code in (0, None), exit_.code
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("command", ["fit", "index"])
+def test_a_slow_help_is_built_once_then_printed_without_torch(tmp_path, command):
+    """`fit --help` builds LightningCLI's parser and `index --help` imports torch; the second call prints the
+    kept text, the same, without importing torch (each call a fresh interpreter)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "COLUMNS": "100"}
+    runs = [subprocess.run([sys.executable, "-c", HELP_AND_IMPORTS, command, "--help"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first, second = (run.stdout.rsplit("torch imported: ", 1) for run in runs)
+    assert first[0].startswith("usage: lightning-frozen") and first[0] == second[0]
+    assert second[1].strip() == "False"
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache" / "lightning-frozen" / "help").iterdir()] == [command]
