@@ -1,4 +1,4 @@
-"""Subcommand help kept between calls: printed from the cache, rebuilt when its key changes, never kept when it fails."""
+"""Subcommand help kept between calls: printed from the cache, rebuilt when its key changes, not kept on failure."""
 import pytest
 
 from lightning_frozen import help_cache
