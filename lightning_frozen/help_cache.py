@@ -41,16 +41,16 @@ def cache_path(command: str) -> Path:
 
 
 def print_help(command: str, build: Callable[[], object]) -> int:
-    """Print `command --help`: the kept text, or what `build()` prints (then kept when it exits 0)."""
+    """Print `command --help`: the kept text, or what `build()` prints (kept when it ends with code 0)."""
     path = cache_path(command)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         sys.stdout.write(path.read_text(encoding="utf-8"))
         return 0
     captured = io.StringIO()
-    code = 0
     try:
         with contextlib.redirect_stdout(captured):
-            build()
+            result = build()
+        code = result if isinstance(result, int) else 0
     except SystemExit as exit_:  # argparse ends a help with SystemExit(0)
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:

@@ -290,6 +290,8 @@ DATA = [
 
 @pytest.mark.parametrize("case", TRAIN + DATA, ids=lambda c: c.name)
 def test_catalogue(case, workspace):
+    """One row of the catalogue. `run_case` asserts the row: the exit code, the words the message must (and must
+    not) contain, its line count, and that every watched file and folder is unchanged (hashed before and after)."""
     try:
         run_case(case, workspace)
     finally:

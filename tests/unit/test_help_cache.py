@@ -20,7 +20,7 @@ def test_a_kept_help_is_printed_without_building_it(cache, capsys):
 
 
 def test_a_built_help_is_kept_and_replaces_older_texts(cache, capsys):
-    (cache).mkdir(parents=True)
+    cache.mkdir(parents=True)
     (cache / "synthetic-0123.txt").write_text("usage: of an earlier version\n")
     calls = []
 
@@ -51,3 +51,12 @@ def test_the_key_follows_the_command_and_the_terminal_width(cache, monkeypatch):
     assert help_cache.cache_path("fit") == wide and help_cache.cache_path("test") != wide
     monkeypatch.setenv("COLUMNS", "80")
     assert help_cache.cache_path("fit") != wide
+
+
+def test_a_help_that_returns_a_failing_code_is_not_kept(cache, capsys):
+    def build():
+        print("usage: lightning-frozen index ...")
+        return 1
+
+    assert help_cache.print_help("index", build) == 1
+    assert not cache.exists() or not list(cache.iterdir())
